@@ -1,0 +1,200 @@
+"""Import TF Object Detection API exports so they convert like our own checkpoints.
+
+TF1 ``frozen_inference_graph.pb`` (``export_inference_graph``): the graph is cut at its raw head --
+``concat`` (box encodings ``[1, A, 1, 4]``) and ``concat_1`` (class logits ``[1, A, C + 1]``) -- and
+fed at the feature extractor's input (``FeatureExtractor/<net>/<net>/input``, or ``Preprocessor/sub``
+in older exports), which takes ``[1, H, W, 3]`` normalised to [-1, 1]. The anchors are taken from
+the graph itself (the ``Postprocessor`` decodes against them) and compared with the standard
+``ssd_anchor_generator`` for that input size, so the metadata describes them when they match.
+
+TF2 SavedModel from ``export_tflite_graph_tf2.py``: already ends in the post-process function, so it
+is converted as it is; the op's attributes are then rewritten to the requested ones (see
+:func:`convert.export.set_postprocess_attributes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.anchors import AnchorConfig, generate_anchors
+from edge.boxcoding import BoxCoderScales
+from edge.errors import EdgeError
+from edge.modelinfo import Normalization
+
+BOX_NODE = "concat"
+CLASS_NODE = "concat_1"
+IMAGE_NODE = "image_tensor"
+ANCHORS_NODE = "Postprocessor/Reshape"  # anchors tiled over the batch, [B * A, 4] yxyx normalised
+_LEGACY_INPUT = "Preprocessor/sub"
+
+
+@dataclass
+class FrozenSSD:
+    """The raw-head cut of a frozen OD API SSD, ready for :func:`convert.export.build_detection_module`."""
+
+    path: Path
+    network: object  # concrete function: normalised [1, H, W, 3] -> (box encodings [1,A,4], logits [1,A,C+1])
+    input_size: tuple[int, int]  # (height, width) pixels
+    num_classes: int  # foreground
+    anchors: np.ndarray  # float32 [A, 4] (ycenter, xcenter, h, w) normalised, from the graph
+    anchor_config: AnchorConfig | None  # the standard generator config, when it reproduces the graph's anchors
+    score_conversion: str
+    input_node: str
+    box_coder: BoxCoderScales = BoxCoderScales()
+    normalization: Normalization = field(default_factory=lambda: Normalization(127.5, 127.5))
+
+
+def _parse_graph(path: Path):
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise EdgeError(f"{path}: cannot read ({exc.strerror})") from None
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except Exception:  # google.protobuf.message.DecodeError
+        raise EdgeError(f"{path}: not a TensorFlow frozen graph (GraphDef protobuf does not parse)") from None
+    if not graph_def.node:
+        raise EdgeError(f"{path}: not a TensorFlow frozen graph (no nodes)")
+    return graph_def
+
+
+def _input_node(nodes: dict, path: Path) -> str:
+    # FeatureExtractor/MobilenetV2/MobilenetV2/input (not .../expanded_conv_3/input)
+    candidates = [name for name in nodes if name.startswith("FeatureExtractor/") and name.endswith("/input")
+                  and name.count("/") == 3 and name.split("/")[1] == name.split("/")[2]]
+    if len(candidates) == 1:
+        return candidates[0]
+    if _LEGACY_INPUT in nodes:
+        return _LEGACY_INPUT
+    raise EdgeError(f"{path}: not an OD API SSD graph (no feature-extractor input node "
+                    f"'FeatureExtractor/<net>/<net>/input' or '{_LEGACY_INPUT}')")
+
+
+def _score_conversion(graph_def) -> str:
+    ops = {node.op for node in graph_def.node if node.name.startswith("Postprocessor/")}
+    if "Sigmoid" in ops:
+        return "sigmoid"
+    if "Softmax" in ops:
+        return "softmax"
+    return "identity"
+
+
+def load_frozen_graph(path: str | Path) -> FrozenSSD:
+    """Cut a TF1 OD API SSD frozen graph at its raw head; EdgeError (one line) if it is not one."""
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    path = Path(path)
+    graph_def = _parse_graph(path)
+    nodes = {node.name: node for node in graph_def.node}
+    missing = [name for name in (IMAGE_NODE, BOX_NODE, CLASS_NODE) if name not in nodes]
+    if missing:
+        raise EdgeError(f"{path}: not an OD API SSD frozen graph (no node {', '.join(repr(m) for m in missing)}; "
+                        "expected image_tensor -> ... -> concat / concat_1 -> Postprocessor)")
+    input_node = _input_node(nodes, path)
+
+    # One run of the whole graph on a dummy image gives the static shapes and the anchors.
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    fetches = {"input": f"{input_node}:0", "box": f"{BOX_NODE}:0", "cls": f"{CLASS_NODE}:0"}
+    if ANCHORS_NODE in nodes:
+        fetches["anchors"] = f"{ANCHORS_NODE}:0"
+    try:
+        with tf.compat.v1.Session(graph=graph) as session:
+            values = session.run(fetches, {f"{IMAGE_NODE}:0": np.zeros((1, 64, 64, 3), np.uint8)})
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeError(f"{path}: the graph does not run as an OD API SSD ({first[:200]})") from None
+    in_shape, box_shape, cls_shape = values["input"].shape, values["box"].shape, values["cls"].shape
+    if len(in_shape) != 4 or in_shape[3] != 3 or box_shape[-1] != 4 or len(cls_shape) != 3 \
+            or box_shape[1] != cls_shape[1]:
+        raise EdgeError(f"{path}: not an SSD head (input {list(in_shape)}, {BOX_NODE} {list(box_shape)}, "
+                        f"{CLASS_NODE} {list(cls_shape)})")
+    height, width = int(in_shape[1]), int(in_shape[2])
+    num_anchors, columns = int(box_shape[1]), int(cls_shape[2])
+
+    standard = AnchorConfig(feature_map_sizes=[(1, 1)])  # placeholder, replaced below
+    try:
+        from edge.anchors import ssd_feature_map_sizes
+
+        standard = AnchorConfig(feature_map_sizes=ssd_feature_map_sizes((height, width)), input_size=(height, width))
+        standard_anchors = generate_anchors(standard)
+    except EdgeError:
+        standard_anchors = np.zeros((0, 4), np.float32)
+    if "anchors" in values:
+        corners = values["anchors"].reshape(-1, 4)[:num_anchors].astype(np.float32)
+        ymin, xmin, ymax, xmax = corners.T
+        anchors = np.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, ymax - ymin, xmax - xmin], axis=1)
+    else:
+        anchors = standard_anchors
+    if anchors.shape[0] != num_anchors:
+        raise EdgeError(f"{path}: {num_anchors} box encodings but {anchors.shape[0]} anchors "
+                        "(not a standard ssd_anchor_generator graph)")
+    matches = standard_anchors.shape == anchors.shape and np.allclose(standard_anchors, anchors, atol=1e-4)
+
+    # Cut: the feature-extractor input becomes a placeholder; only its descendants up to the
+    # head are kept (the preprocessor's while loop and the TF1 post-processing are dropped).
+    cut = tf.compat.v1.GraphDef()
+    cut.CopyFrom(graph_def)
+    for node in cut.node:
+        if node.name == input_node:
+            node.op = "Placeholder"
+            del node.input[:]
+            node.attr.clear()
+            node.attr["dtype"].type = tf.float32.as_datatype_enum
+            node.attr["shape"].shape.CopyFrom(tf.TensorShape([1, height, width, 3]).as_proto())
+    cut = tf.compat.v1.graph_util.extract_sub_graph(cut, [BOX_NODE, CLASS_NODE])
+
+    def _import():
+        tf.graph_util.import_graph_def(cut, name="")
+
+    wrapped = tf.compat.v1.wrap_function(_import, [])
+    head = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name(f"{input_node}:0")],
+                         fetches=[wrapped.graph.get_tensor_by_name(f"{BOX_NODE}:0"),
+                                  wrapped.graph.get_tensor_by_name(f"{CLASS_NODE}:0")])
+
+    def network(x):
+        box, logits = head(x)
+        return tf.reshape(box, [1, num_anchors, 4]), logits
+
+    network.keep_alive = (wrapped, head)  # the pruned function references the wrapped graph
+    return FrozenSSD(
+        path=path,
+        network=network,
+        input_size=(height, width),
+        num_classes=columns - 1,
+        anchors=anchors.astype(np.float32),
+        anchor_config=standard if matches else None,
+        score_conversion=_score_conversion(graph_def),
+        input_node=input_node,
+    )
+
+
+def run_frozen_graph(path: str | Path, image_rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's own detections for one RGB uint8 image (reference for tests and validation).
+
+    Returns ``boxes`` [N, 4] (ymin, xmin, ymax, xmax normalised), ``scores`` [N], ``classes`` [N]
+    (the OD API's 1-based ids), N = ``num_detections``.
+    """
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(_parse_graph(Path(path)), name="")
+    with tf.compat.v1.Session(graph=graph) as session:
+        boxes, scores, classes, count = session.run(
+            ["detection_boxes:0", "detection_scores:0", "detection_classes:0", "num_detections:0"],
+            {f"{IMAGE_NODE}:0": image_rgb[None]})
+    n = int(count[0])
+    return {"boxes": boxes[0, :n], "scores": scores[0, :n], "classes": classes[0, :n]}
