@@ -1,0 +1,144 @@
+"""The measuring itself: known leaks and known transients must be read back with the right bytes."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.memprofile import FrameMemoryProbe, RssSampler, measure_step, rss_slope
+
+KB = 1024
+MB = 1024 * 1024
+
+
+def test_empty_step_is_the_floor_and_reads_zero():
+    profile = measure_step(lambda: None, 2000)
+    assert profile.frames == 2000
+    assert int(profile.growth.sum()) == 0
+    assert int(profile.transient.max()) == 0
+    # The probe's own cost per frame is a few small ints, not a buffer.
+    assert 0 <= profile.floor_transient <= 256
+    assert profile.floor_growth == 0
+
+
+def test_leaking_step_is_reported_as_growth_of_its_size():
+    kept = []
+    profile = measure_step(lambda: kept.append(bytes(KB)), 1000)
+    # A 1 KB bytes object is 1 KB + a 33 B header; the list adds a pointer (and a rare resize).
+    assert 1024 <= profile.growth_per_frame <= 1024 + 64
+    assert np.count_nonzero(profile.growth) == 1000
+    # Nothing is allocated and freed within the frame, apart from list resizes.
+    assert profile.transient_median < 64
+    assert len(kept) == 1000 + 30  # measured frames + warm-up
+
+
+def test_allocate_and_free_1mb_is_transient_not_growth():
+    def step():
+        buffer = np.ones(MB, np.uint8)
+        del buffer
+
+    profile = measure_step(step, 200)
+    assert int(profile.growth.sum()) == 0
+    assert MB <= profile.transient_median <= MB + 512
+    assert MB <= int(profile.transient.min())
+
+
+def test_begin_end_brackets_code_that_is_not_one_call():
+    probe = FrameMemoryProbe(50)
+    with probe:
+        kept = []
+        for i in range(50):
+            probe.begin()
+            if i % 2:
+                kept.append(np.zeros(4 * KB, np.uint8))
+            probe.end()
+        profile = probe.profile()
+    assert not tracemalloc.is_tracing()  # the probe stops what it started
+    assert profile.frames == 50
+    odd = profile.growth[1::2]
+    assert np.all(odd >= 4 * KB) and np.all(odd <= 4 * KB + 256)
+    assert np.all(profile.growth[0::2] == 0)
+
+
+def test_probe_capacity_bounds_recording():
+    profile = measure_step(lambda: None, 10)
+    assert profile.frames == 10
+    probe = FrameMemoryProbe(5, calibrate=False)
+    with probe:
+        probe.run(lambda: None, 20)
+    assert probe.count == 5
+
+
+def test_rss_slope_recovers_a_known_slope():
+    frames = np.arange(0, 50_000, 10)
+    rng = np.random.default_rng(0)
+    rss = 150_000_000 + 7 * frames + rng.integers(-4096, 4096, frames.size)
+    assert rss_slope(frames, rss) == pytest.approx(7.0, abs=0.1)
+    assert rss_slope(frames[:1], rss[:1]) == 0.0
+
+
+def test_rss_sampler_sees_a_real_leak():
+    kept = []
+    sampler = RssSampler(200, every=5)
+    for i in range(200):
+        kept.append(np.ones(256 * KB, np.uint8))  # touched pages: resident
+        sampler.maybe_sample(i)
+    assert sampler.count == 40
+    assert sampler.slope() == pytest.approx(256 * KB, rel=0.15)
+    summary = sampler.summary()
+    assert summary["max_bytes"] >= summary["first_bytes"] + 150 * 256 * KB
+
+
+@pytest.fixture(scope="module")
+def traffic_frames(traffic_video):
+    capture = cv2.VideoCapture(str(traffic_video))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == 20
+    return frames
+
+
+def _cycling(frames):
+    state = {"i": 0}
+    n = len(frames)
+
+    def next_frame():
+        state["i"] = (state["i"] + 1) % n  # small ints are cached: no allocation
+        return frames[state["i"]]
+
+    return next_frame
+
+
+def test_detector_pipeline_reads_zero_growth_and_small_transient(ssd_model_path, coco_labels_path, traffic_frames):
+    from edge.detector import Detector
+
+    detector = Detector(ssd_model_path, labels=coco_labels_path, score_threshold=0.5, num_threads=2)
+    next_frame = _cycling(traffic_frames)
+    profile = measure_step(lambda: detector.detect(next_frame()), 60, warmup=30)
+    assert profile.growth_per_frame == 0.0
+    assert profile.transient_median < 16 * KB
+    assert detector.detections.count > 0  # it really detected cars
+
+
+def test_usual_pipeline_reads_frame_sized_transients(ssd_model_path, coco_labels_path, traffic_frames):
+    from edge.detector import Detector
+    from edge.usual import UsualPipeline
+
+    detector = Detector(ssd_model_path, labels=coco_labels_path, num_threads=2)
+    usual = UsualPipeline(ssd_model_path, output_indices={r: o.index for r, o in detector._out.items()},
+                          num_threads=2)
+    next_frame = _cycling(traffic_frames)
+    results = []
+    profile = measure_step(lambda: results.append(len(usual.detect(next_frame()))), 30, warmup=5)
+    # cvtColor of a 960x540 frame (1.5 MB) + the 300x300 resize (270 KB), allocated and freed.
+    assert profile.transient_median > 500 * KB
+    assert profile.transient_median > 960 * 540 * 3
+    assert max(results) > 0
