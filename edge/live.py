@@ -1,0 +1,334 @@
+"""The live loop: newest frame -> Detector -> sinks, with stats, memory samples and a clean stop.
+
+Usable without the CLI::
+
+    loop = LiveLoop(Detector(model), open_source("synthetic"), [JsonLinesSink("-")], max_frames=300)
+    summary = loop.run()
+
+Capture overlaps with inference (:mod:`edge.capture` reads the next frame on its own thread while
+``invoke()`` runs). Per frame the loop allocates nothing frame-sized: the capture ring, the input
+tensor, the detections and the annotated copy are all reused. :meth:`LiveLoop.stop` (and SIGINT /
+SIGTERM, see :meth:`LiveLoop.install_signal_handlers`) finishes the current frame, closes the sinks
+and returns the summary.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from edge.annotate import Annotator
+from edge.buffer import BadFrameError
+from edge.capture import Capture
+from edge.memory import peak_rss_bytes, rss_bytes
+from edge.sinks import Sink
+from edge.sources import DEFAULT_STALL_TIMEOUT, Source
+from edge.stats import STAGES, StageTimes
+
+RSS_SAMPLE_CAPACITY = 4096  # samples kept (a ring): 100-frame steps cover 400k frames
+WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (allocators and caches settle)
+
+
+@dataclass
+class RunSummary:
+    """What a run did. Durations in seconds, memory in bytes."""
+
+    frames_read: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    bad_frames: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    elapsed_s: float = 0.0
+    fps: float = 0.0
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    rss_start: int = 0
+    rss_end: int = 0
+    rss_peak: int = 0
+    detections: int = 0
+    detections_by_label: dict[str, int] = field(default_factory=dict)
+    rss_samples: list[tuple[int, int]] = field(default_factory=list)  # (frames processed, RSS bytes)
+    stop_reason: str = ""
+
+    def rss_drift(self, warmup_frames: int = WARMUP_FRAMES) -> int | None:
+        """RSS change (bytes) from the first sample at or after ``warmup_frames`` to the end."""
+        after = [rss for frames, rss in self.rss_samples if frames >= warmup_frames]
+        if len(after) < 2:
+            return None
+        return after[-1] - after[0]
+
+    def rss_slope(self, warmup_frames: int = WARMUP_FRAMES) -> float | None:
+        """Least-squares RSS growth in bytes per frame after warm-up."""
+        points = [(f, r) for f, r in self.rss_samples if f >= warmup_frames]
+        if len(points) < 3:
+            return None
+        x = np.array([p[0] for p in points], np.float64)
+        y = np.array([p[1] for p in points], np.float64)
+        return float(np.polyfit(x, y, 1)[0])
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["rss_samples"] = [list(s) for s in self.rss_samples]
+        data["rss_drift_after_warmup"] = self.rss_drift()
+        data["rss_slope_bytes_per_frame"] = self.rss_slope()
+        return data
+
+    def format(self) -> str:
+        mb = 1024 * 1024
+        lines = [
+            f"frames: {self.frames_read} read, {self.frames_processed} processed, {self.frames_dropped} dropped"
+            + (f", {self.bad_frames} bad" if self.bad_frames else ""),
+            f"time:   {self.elapsed_s:.1f} s, {self.fps:.1f} fps ({self.stop_reason})",
+        ]
+        if self.read_errors or self.reconnects or self.stalls:
+            lines.append(f"faults: {self.read_errors} read errors, {self.stalls} stalls, {self.reconnects} reconnects")
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(self.detections_by_label.items(), key=lambda kv: -kv[1]))
+        lines.append(f"detections: {self.detections}" + (f" ({labels})" if labels else ""))
+        lines.append("latency ms      p50     p90     p99     max")
+        for stage, p in self.stages.items():
+            lines.append(f"  {stage:<12} {p['p50'] * 1e3:7.2f} {p['p90'] * 1e3:7.2f} {p['p99'] * 1e3:7.2f} "
+                         f"{p['max'] * 1e3:7.2f}")
+        drift = self.rss_drift()
+        per_frame = ""
+        if drift is not None:
+            after = [f for f, _ in self.rss_samples if f >= WARMUP_FRAMES]
+            frames = max(1, after[-1] - after[0])
+            per_frame = f", drift after {WARMUP_FRAMES} frames {drift / mb:+.2f} MB ({drift / frames:+.1f} B/frame)"
+        lines.append(f"memory: RSS {self.rss_start / mb:.1f} MB at start, {self.rss_end / mb:.1f} MB at end, "
+                     f"peak {self.rss_peak / mb:.1f} MB{per_frame}")
+        return "\n".join(lines)
+
+
+class LiveLoop:
+    """Runs ``detector`` on the newest frame of ``source`` and hands results to ``sinks``.
+
+    ``max_frames`` stops after that many processed frames, ``duration`` after that many seconds;
+    a finite source ends the run at its end. ``stats_every`` (seconds, 0 = never) prints a stats
+    line through ``log``; ``rss_every`` (frames, 0 = never) samples RSS for the drift numbers.
+    """
+
+    def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
+                 duration: float | None = None, stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                 stats_every: float = 5.0, rss_every: int = 100, log: Callable[[str], None] | None = None,
+                 overlay: bool = True) -> None:
+        self.detector = detector
+        self.source = source
+        self.sinks = list(sinks)
+        self.max_frames = max_frames
+        self.duration = duration
+        self.stats_every = stats_every
+        self.rss_every = rss_every
+        self.overlay = overlay
+        self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
+        self.capture = Capture(source, stall_timeout=stall_timeout, log=self._log)
+        self.times = StageTimes(STAGES)
+        self.annotator = Annotator()
+        self._needs_annotation = any(s.needs_annotation for s in self.sinks)
+        self._stop_reason: str | None = None
+        self._stop_event = threading.Event()
+        self._labels = list(getattr(detector, "labels", []) or [])
+        self._label_counts = np.zeros(len(self._labels) + 1, np.int64)  # last slot: ids outside labels
+        self._rss_frames = np.zeros(RSS_SAMPLE_CAPACITY, np.int64)
+        self._rss_values = np.zeros(RSS_SAMPLE_CAPACITY, np.int64)
+        self._rss_count = 0
+        self.processed = 0
+        self.bad_frames = 0
+        self.detections_total = 0
+        self.fps_recent = 0.0
+        self.last_invoke_s = 0.0
+        self.rss_start = 0
+        self._started = 0.0
+        self._running = False
+
+    # ---- control ------------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to finish the current frame and return (thread- and signal-safe)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
+        previous = {}
+
+        def handler(signum, _frame):
+            name = signal.Signals(signum).name
+            if self._stop_event.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._log(f"{name}: finishing the current frame")
+            self.stop(name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    # ---- live numbers (read by the preview page from another thread) --------------------------
+
+    def live_stats(self) -> dict:
+        counters = self.capture.counters
+        invoke = self.times.percentiles("invoke")
+        return {
+            "frames_read": counters.frames_read,
+            "frames_processed": self.processed,
+            "frames_dropped": counters.frames_dropped,
+            "bad_frames": self.bad_frames,
+            "reconnects": counters.reconnects,
+            "stalls": counters.stalls,
+            "fps": round(self.fps_recent, 2),
+            "invoke_ms_p50": round(invoke["p50"] * 1e3, 2),
+            "invoke_ms_last": round(self.last_invoke_s * 1e3, 2),
+            "rss_mb": round(rss_bytes() / 2**20, 1),
+            "rss_start_mb": round(self.rss_start / 2**20, 1),
+            "detections": self.detections_total,
+            "elapsed_s": round(time.monotonic() - self._started, 1) if self._started else 0.0,
+            "running": self._running,
+        }
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        detector, capture, times, sinks = self.detector, self.capture, self.times, self.sinks
+        clock = time.perf_counter
+        self.rss_start = rss_bytes()
+        self._started = time.monotonic()
+        self._running = True
+        started = clock()
+        last_stats = started
+        fps_t0, fps_n0 = started, 0
+        capture.start()
+        try:
+            t_prev = clock()
+            while not self._stop_event.is_set():
+                if self.max_frames is not None and self.processed >= self.max_frames:
+                    self.stop("max-frames")
+                    break
+                if self.duration is not None and clock() - started >= self.duration:
+                    self.stop("duration")
+                    break
+                item = capture.get(0.25)
+                now = clock()
+                if item is None:
+                    if capture.ended:
+                        self.stop("source error" if capture.error else "end of source")
+                        break
+                    if self.stats_every and now - last_stats >= self.stats_every:
+                        last_stats = now
+                        self._log(self._stats_line(waiting=True))
+                    continue
+                slot, frame, seq, stamp = item
+                try:
+                    times.record("capture_wait", now - t_prev)
+                    try:
+                        detector.preprocess(frame)
+                    except BadFrameError as exc:
+                        self.bad_frames += 1
+                        if self.bad_frames <= 3 or self.bad_frames % 100 == 0:
+                            self._log(f"frame {seq}: skipped ({exc}); {self.bad_frames} bad so far")
+                        t_prev = clock()
+                        continue
+                    t1 = clock()
+                    detector.invoke()
+                    t2 = clock()
+                    detections = detector.postprocess()
+                    t3 = clock()
+                    annotated = None
+                    if self._needs_annotation:
+                        status = f"{self.fps_recent:.1f} fps  {detections.count} objects" if self.overlay else None
+                        annotated = self.annotator.draw(frame, detections, status)
+                    for sink in sinks:
+                        sink.write(seq, stamp, frame, detections, annotated)
+                finally:
+                    capture.release(slot)
+                t4 = clock()
+                times.record("preprocess", t1 - now)
+                times.record("invoke", t2 - t1)
+                times.record("postprocess", t3 - t2)
+                times.record("sinks", t4 - t3)
+                self.last_invoke_s = t2 - t1
+                self._count_detections(detections)
+                self.processed += 1
+                if self.rss_every and self.processed % self.rss_every == 0:
+                    self._sample_rss()
+                if t4 - fps_t0 >= 1.0:
+                    self.fps_recent = (self.processed - fps_n0) / (t4 - fps_t0)
+                    fps_t0, fps_n0 = t4, self.processed
+                if self.stats_every and t4 - last_stats >= self.stats_every:
+                    last_stats = t4
+                    self._log(self._stats_line())
+                t_prev = t4
+        finally:
+            self._running = False
+            capture.stop()
+            errors = []
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # close every sink even if one fails
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        elapsed = clock() - started
+        return self._summary(elapsed)
+
+    def _count_detections(self, detections) -> None:
+        n = detections.count
+        self.detections_total += n
+        counts, last = self._label_counts, len(self._label_counts) - 1
+        for cid in detections.class_ids:
+            counts[cid if 0 <= cid < last else last] += 1
+
+    def _sample_rss(self) -> None:
+        i = self._rss_count % RSS_SAMPLE_CAPACITY
+        self._rss_frames[i] = self.processed
+        self._rss_values[i] = rss_bytes()
+        self._rss_count += 1
+
+    def _stats_line(self, waiting: bool = False) -> str:
+        c = self.capture.counters
+        invoke = self.times.percentiles("invoke")
+        wait = " (waiting for frames)" if waiting else ""
+        return (f"{self.processed} frames, {self.fps_recent:.1f} fps, invoke p50 {invoke['p50'] * 1e3:.1f} ms, "
+                f"dropped {c.frames_dropped}, RSS {rss_bytes() / 2**20:.1f} MB{wait}")
+
+    def _summary(self, elapsed: float) -> RunSummary:
+        c = self.capture.counters
+        n = min(self._rss_count, RSS_SAMPLE_CAPACITY)
+        order = np.argsort(self._rss_frames[:n], kind="stable")
+        samples = [(int(self._rss_frames[i]), int(self._rss_values[i])) for i in order]
+        by_label = {}
+        for i, count in enumerate(self._label_counts):
+            if count:
+                name = self._labels[i] if i < len(self._labels) else "other"
+                by_label[name] = by_label.get(name, 0) + int(count)
+        return RunSummary(
+            frames_read=c.frames_read + getattr(self.source, "bad_frames", 0),
+            frames_processed=self.processed,
+            frames_dropped=c.frames_dropped,
+            bad_frames=self.bad_frames + getattr(self.source, "bad_frames", 0),
+            read_errors=c.read_errors,
+            reconnects=c.reconnects,
+            stalls=c.stalls,
+            elapsed_s=elapsed,
+            fps=self.processed / elapsed if elapsed > 0 else 0.0,
+            stages=self.times.summary(),
+            rss_start=self.rss_start,
+            rss_end=rss_bytes(),
+            rss_peak=peak_rss_bytes(),
+            detections=self.detections_total,
+            detections_by_label=by_label,
+            rss_samples=samples,
+            stop_reason=self._stop_reason or "stopped",
+        )

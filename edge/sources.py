@@ -1,0 +1,438 @@
+"""Frame sources for ``edge run``: one ``--source`` string, parsed by its form.
+
+==========================================  =========================================================
+``0``, ``/dev/video0``                      camera through OpenCV (V4L2 on Linux)
+``clip.mp4``                                video file (``loop`` rewinds, ``realtime`` paces at its fps)
+``rtsp://...``, ``http://...``, ...         network stream through OpenCV's FFmpeg backend
+``nvarguscamerasrc ! ... ! appsink``        GStreamer pipeline (needs an OpenCV built with GStreamer)
+``picamera2`` / ``picamera2:1``             Raspberry Pi camera through Picamera2 (optional import)
+``photos/``, ``'photos/*.jpg'``             a folder or glob of images, in sorted order
+``synthetic``, ``synthetic:320x240@15``     moving shapes drawn into a preallocated frame
+==========================================  =========================================================
+
+A :class:`Source` is synchronous and single-threaded: :meth:`Source.read` returns the next BGR
+uint8 frame, often the same reused array each time (copy it to keep it), or ``None`` at the end of
+a finite stream. Threading, the latest-frame ring, stall detection and reconnecting live in
+:mod:`edge.capture`; a source only knows how to (re)open and read itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.shapes import PALETTE, SHAPE_CLASSES, draw_shape
+
+DEFAULT_STALL_TIMEOUT = 5.0  # seconds without a frame before a source is reopened
+SYNTHETIC_SIZE = (640, 480)  # width, height
+SYNTHETIC_FPS = 30.0
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+_SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+))?(?:@(\d+(?:\.\d+)?))?$")
+
+
+class SourceError(EdgeError):
+    """A source that cannot be opened or read (bad spec, missing file, camera gone)."""
+
+
+class Source:
+    """One frame producer. Subclasses implement :meth:`_open`, :meth:`_read` and :meth:`_release`.
+
+    ``live`` sources (cameras, streams, realtime-paced files) produce frames on their own clock, so
+    the capture thread drops stale ones; other sources wait for the detector, so every frame counts.
+    ``fps`` is the nominal frame rate (float) or ``None`` when unknown.
+    """
+
+    live: bool = False
+    fps: float | None = None
+    #: ``True`` when reading past a failure makes sense only after :meth:`reopen` (cameras, streams).
+    reconnectable: bool = False
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.frames_read = 0
+        self.bad_frames = 0  # frames the source itself had to skip (e.g. an unreadable image file)
+        self.last_bad: str | None = None
+
+    def read(self) -> np.ndarray | None:
+        """The next frame (BGR uint8, possibly a reused buffer), or ``None`` at the end of the stream."""
+        frame = self._read()
+        if frame is not None:
+            self.frames_read += 1
+        return frame
+
+    def reopen(self) -> None:
+        """Close and open again (reconnect); raises :class:`SourceError` while it is unavailable."""
+        self._release()
+        self._open()
+
+    def close(self) -> None:
+        self._release()
+
+    def describe(self) -> str:
+        fps = f", {self.fps:g} fps" if self.fps else ""
+        return f"{type(self).__name__.removesuffix('Source').lower()} {self.spec}{fps}"
+
+    # ---- subclass hooks -----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        pass
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Pacer:
+    """Sleeps so that frames come out at ``fps`` (used for ``realtime`` files and synthetic)."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps
+        self._next = None
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if self._next is None or now - self._next > 1.0:  # first frame, or fell far behind: resync
+            self._next = now
+        elif self._next > now:
+            time.sleep(self._next - now)
+        self._next += self.period
+
+    def reset(self) -> None:
+        self._next = None
+
+
+class VideoCaptureSource(Source):
+    """Anything ``cv2.VideoCapture`` opens: camera index, file, URL or GStreamer pipeline.
+
+    Frames are decoded into one reused array (``VideoCapture.read(image)`` writes in place while
+    the size stays the same).
+    """
+
+    def __init__(self, spec: str, target, api: int, *, kind: str, live: bool, loop: bool = False,
+                 realtime: bool = False, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
+        super().__init__(spec)
+        self._target = target
+        self._api = api
+        self.kind = kind
+        self.live = live or realtime
+        self.reconnectable = live
+        self.loop = loop
+        self.stall_timeout = stall_timeout
+        self._cap = None
+        self._frame: np.ndarray | None = None
+        self._pacer: _Pacer | None = None
+        self._realtime = realtime
+        self._open()
+
+    def _open(self) -> None:
+        params = []
+        if self._api == cv2.CAP_FFMPEG and self.kind == "stream":
+            # FFmpeg's interrupt callback turns a hung network read into a failed read we can handle.
+            timeout_ms = int(max(1.0, self.stall_timeout) * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        cap = cv2.VideoCapture(self._target, self._api, params) if params else cv2.VideoCapture(self._target, self._api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"--source {self.spec}: cannot open {self.kind} ({self._open_hint()})")
+        self._cap = cap
+        self._frame = None  # a reader stuck in the old capture keeps its own buffer
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
+        if self._realtime:
+            self._pacer = _Pacer(self.fps or SYNTHETIC_FPS)
+
+    def _open_hint(self) -> str:
+        if self.kind == "camera":
+            return "is it connected, and is this user in the 'video' group?"
+        if self.kind == "file":
+            return "not a video OpenCV's FFmpeg backend can decode"
+        if self.kind == "stream":
+            return "is the URL reachable?"
+        return "check the pipeline with gst-launch-1.0"
+
+    def _read(self) -> np.ndarray | None:
+        cap, frame = self._cap, self._frame
+        if cap is None:
+            raise SourceError(f"--source {self.spec}: not open")
+        if self._pacer is not None:
+            self._pacer.wait()
+        ok, frame = cap.read(frame) if frame is not None else cap.read()
+        if cap is not self._cap:  # reopened by another thread while this read hung: discard
+            cap.release()
+            return None
+        if not ok and self.loop and self.kind == "file":
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = cap.read(frame) if frame is not None else cap.read()
+            if not ok:  # some containers cannot seek: reopen from the start
+                self.reopen()
+                cap = self._cap
+                ok, frame = cap.read()
+        if not ok or frame is None:
+            return None
+        self._frame = frame
+        return frame
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+
+class ImageFolderSource(Source):
+    """Images from a folder or a glob, in sorted order. Unreadable files are skipped (and counted)."""
+
+    def __init__(self, spec: str, paths: list[Path], *, loop: bool = False, realtime: bool = False,
+                 fps: float = 1.0) -> None:
+        super().__init__(spec)
+        self.paths = paths
+        self.loop = loop
+        self.live = realtime
+        self.fps = fps if realtime else None
+        self._pacer = _Pacer(fps) if realtime else None
+        self._index = 0
+
+    def _open(self) -> None:
+        self._index = 0
+
+    def _read(self) -> np.ndarray | None:
+        failures = 0
+        while True:
+            if self._index >= len(self.paths):
+                if not self.loop:
+                    return None
+                self._index = 0
+            path = self.paths[self._index]
+            self._index += 1
+            if self._pacer is not None:
+                self._pacer.wait()
+            # imread allocates per image: fine for a folder of stills, which is not a video hot loop.
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is not None:
+                return frame
+            self.bad_frames += 1
+            self.last_bad = f"{path}: not a readable image"
+            failures += 1
+            if failures >= len(self.paths):
+                raise SourceError(f"--source {self.spec}: none of the images could be read")
+
+
+class SyntheticSource(Source):
+    """1-4 coloured shapes moving over a fixed background, drawn into one preallocated frame.
+
+    The look follows :mod:`edge.shapes` and the training data (shapes 8-45% of the shorter side,
+    palette colours), so the bundled demo model detects them. Deterministic for a given ``seed``.
+    ``truth`` holds the current ``(class_id, x0, y0, x1, y1)`` pixel boxes, for tests.
+    """
+
+    MIN_FRACTION, MAX_FRACTION = 0.08, 0.45
+    RESPAWN_EVERY = 90  # frames between one shape being replaced, so scenes change
+
+    def __init__(self, spec: str = "synthetic", width: int = SYNTHETIC_SIZE[0], height: int = SYNTHETIC_SIZE[1],
+                 *, fps: float = SYNTHETIC_FPS, realtime: bool = False, seed: int = 0,
+                 max_frames: int | None = None) -> None:
+        super().__init__(spec)
+        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+            raise SourceError(f"--source {spec}: synthetic size must be between 16 and 8192 pixels a side")
+        self.width, self.height = width, height
+        self.fps = fps
+        self.live = realtime
+        self._pacer = _Pacer(fps) if realtime else None
+        self.max_frames = max_frames
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._background = self._make_background()
+        self._frame = np.empty_like(self._background)
+        self._shapes = [self._spawn() for _ in range(int(self._rng.integers(1, 5)))]
+        self.truth: list[tuple[int, int, int, int, int]] = []
+
+    def _make_background(self) -> np.ndarray:
+        rng, h, w = self._rng, self.height, self.width
+        c0, c1 = rng.integers(40, 200, 3), rng.integers(40, 200, 3)
+        t = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
+        image = c0 + (c1 - c0) * np.broadcast_to(t, (h, w, 1))
+        return np.clip(image + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+
+    def _spawn(self) -> list:
+        rng, side = self._rng, min(self.width, self.height)
+        size = float(rng.uniform(self.MIN_FRACTION, self.MAX_FRACTION) * side)
+        cx = float(rng.uniform(size / 2, self.width - size / 2))
+        cy = float(rng.uniform(size / 2, self.height - size / 2))
+        speed = side * float(rng.uniform(0.003, 0.012))
+        angle = float(rng.uniform(0, 2 * math.pi))
+        kind = int(rng.integers(len(SHAPE_CLASSES)))
+        color = tuple(int(c) for c in PALETTE[int(rng.integers(len(PALETTE)))])
+        return [kind, cx, cy, size, speed * math.cos(angle), speed * math.sin(angle), color]
+
+    def _read(self) -> np.ndarray | None:
+        if self.max_frames is not None and self.frames_read >= self.max_frames:
+            return None
+        if self._pacer is not None:
+            self._pacer.wait()
+        n = self.frames_read
+        if n and n % self.RESPAWN_EVERY == 0:
+            self._shapes[n // self.RESPAWN_EVERY % len(self._shapes)] = self._spawn()
+        frame = self._frame
+        np.copyto(frame, self._background)
+        self.truth.clear()
+        for shape in self._shapes:
+            kind, cx, cy, size, vx, vy, color = shape
+            half = size / 2
+            # Bounce off the edges so shapes stay whole, as in the training images.
+            if not half <= cx + vx <= self.width - half:
+                vx = shape[4] = -vx
+            if not half <= cy + vy <= self.height - half:
+                vy = shape[5] = -vy
+            shape[1], shape[2] = cx + vx, cy + vy
+            box = draw_shape(frame, SHAPE_CLASSES[kind], shape[1], shape[2], size, color)
+            self.truth.append((kind, *box))
+        return frame
+
+    def describe(self) -> str:
+        return f"synthetic {self.width}x{self.height}, {len(self._shapes)} shapes, seed {self.seed}"
+
+
+class Picamera2Source(Source):
+    """Raspberry Pi camera through Picamera2 (``apt install python3-picamera2``), BGR frames."""
+
+    live = True
+    reconnectable = True
+
+    def __init__(self, spec: str, camera: int = 0, size: tuple[int, int] = SYNTHETIC_SIZE) -> None:
+        super().__init__(spec)
+        try:
+            from picamera2 import Picamera2  # noqa: PLC0415 -- optional, Raspberry Pi only
+        except ImportError:
+            raise SourceError(f"--source {spec}: Picamera2 is not installed (on Raspberry Pi OS: "
+                              "sudo apt install python3-picamera2, and create the venv with "
+                              "--system-site-packages)") from None
+        self._factory = Picamera2
+        self.camera, self.size = camera, size
+        self._cam = None
+        self._frame = np.empty((size[1], size[0], 3), np.uint8)
+        self.fps = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            cam = self._factory(self.camera)
+            # RGB888 in libcamera's naming is BGR byte order in memory, which is what OpenCV wants.
+            cam.configure(cam.create_video_configuration(main={"size": self.size, "format": "RGB888"}))
+            cam.start()
+        except Exception as exc:  # libcamera raises RuntimeError/IndexError for a missing camera
+            raise SourceError(f"--source {self.spec}: cannot start Pi camera {self.camera} ({exc})") from None
+        self._cam = cam
+
+    def _read(self) -> np.ndarray | None:
+        array = self._cam.capture_array("main")
+        if array.shape[:2] != self._frame.shape[:2]:
+            self._frame = np.empty((*array.shape[:2], 3), np.uint8)
+        np.copyto(self._frame, array[:, :, :3])
+        return self._frame
+
+    def _release(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is not None:
+            try:
+                cam.stop()
+                cam.close()
+            except Exception:
+                pass
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+
+
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build can open GStreamer pipelines (pip's opencv-python wheels cannot)."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line.split(":", 1)[1]
+    return False
+
+
+def _is_gstreamer(spec: str) -> bool:
+    return "!" in spec and ("appsink" in spec or "src" in spec.split("!", 1)[0])
+
+
+def _image_paths(spec: str) -> list[Path] | None:
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if any(ch in spec for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    return None
+
+
+def open_source(spec: str, *, loop: bool = False, realtime: bool = False,
+                stall_timeout: float = DEFAULT_STALL_TIMEOUT, seed: int = 0) -> Source:
+    """Open ``spec`` (see the module docstring for the forms) and return a ready :class:`Source`.
+
+    ``loop`` rewinds files, folders and globs at their end; ``realtime`` paces files, folders and
+    ``synthetic`` at their fps (so frames are dropped like a camera's when the detector is slower);
+    ``stall_timeout`` (seconds) bounds network opens and reads. Raises :class:`SourceError`.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise SourceError("--source is empty: give a camera index, file, folder, URL, pipeline or 'synthetic'")
+    if stall_timeout <= 0:
+        raise SourceError(f"--stall-timeout {stall_timeout}: must be more than 0 seconds")
+    match = _SYNTHETIC.match(spec)
+    if match:
+        width = int(match.group(1)) if match.group(1) else SYNTHETIC_SIZE[0]
+        height = int(match.group(2)) if match.group(2) else SYNTHETIC_SIZE[1]
+        fps = float(match.group(3)) if match.group(3) else SYNTHETIC_FPS
+        if fps <= 0:
+            raise SourceError(f"--source {spec}: fps must be more than 0")
+        return SyntheticSource(spec, width, height, fps=fps, realtime=realtime, seed=seed)
+    if spec.startswith("synthetic"):
+        raise SourceError(f"--source {spec}: write synthetic, synthetic:WIDTHxHEIGHT or synthetic:WxH@FPS")
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        index = spec.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise SourceError(f"--source {spec}: write picamera2 or picamera2:N (camera number)")
+        return Picamera2Source(spec, int(index))
+    if spec.isdigit() or re.fullmatch(r"/dev/video\d+", spec):
+        api = cv2.CAP_V4L2 if os.name == "posix" and hasattr(cv2, "CAP_V4L2") and Path("/dev").is_dir() else cv2.CAP_ANY
+        target = int(spec) if spec.isdigit() else spec
+        return VideoCaptureSource(spec, target, api, kind="camera", live=True, stall_timeout=stall_timeout)
+    if spec.lower().startswith(STREAM_SCHEMES):
+        return VideoCaptureSource(spec, spec, cv2.CAP_FFMPEG, kind="stream", live=True, stall_timeout=stall_timeout)
+    if _is_gstreamer(spec):
+        if not gstreamer_available():
+            raise SourceError(
+                "--source is a GStreamer pipeline but this OpenCV has no GStreamer (cv2.getBuildInformation() "
+                "says 'GStreamer: NO'; pip's opencv-python wheels never have it): use the distribution's "
+                "OpenCV (apt install python3-opencv, venv with --system-site-packages; JetPack ships one "
+                "with GStreamer) or build OpenCV with -DWITH_GSTREAMER=ON")
+        return VideoCaptureSource(spec, spec, cv2.CAP_GSTREAMER, kind="pipeline", live=True,
+                                  stall_timeout=stall_timeout)
+    images = _image_paths(spec)
+    if images is not None:
+        if not images:
+            raise SourceError(f"--source {spec}: no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found there")
+        return ImageFolderSource(spec, images, loop=loop, realtime=realtime)
+    path = Path(spec)
+    if not path.exists():
+        raise SourceError(f"--source {spec}: no such file, and not a camera index, URL, GStreamer pipeline, "
+                          "folder, glob, picamera2 or synthetic")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFolderSource(spec, [path], loop=loop, realtime=realtime)
+    return VideoCaptureSource(spec, str(path), cv2.CAP_FFMPEG, kind="file", live=False, loop=loop,
+                              realtime=realtime, stall_timeout=stall_timeout)
