@@ -130,7 +130,7 @@ class LiveLoop:
         self.capture = Capture(source, stall_timeout=stall_timeout, log=self._log)
         self.times = StageTimes(STAGES)
         self.annotator = Annotator()
-        self._needs_annotation = any(s.needs_annotation for s in self.sinks)
+        self._annotating_sinks = [s for s in self.sinks if s.needs_annotation]
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
         self._labels = list(getattr(detector, "labels", []) or [])
@@ -245,7 +245,7 @@ class LiveLoop:
                     detections = detector.postprocess()
                     t3 = clock()
                     annotated = None
-                    if self._needs_annotation:
+                    if self._wants_annotation():
                         status = f"{self.fps_recent:.1f} fps  {detections.count} objects" if self.overlay else None
                         annotated = self.annotator.draw(frame, detections, status)
                     for sink in sinks:
@@ -282,6 +282,12 @@ class LiveLoop:
                 raise errors[0]
         elapsed = clock() - started
         return self._summary(elapsed)
+
+    def _wants_annotation(self) -> bool:
+        for sink in self._annotating_sinks:
+            if sink.wants_frame():
+                return True
+        return False
 
     def _count_detections(self, detections) -> None:
         n = detections.count

@@ -29,6 +29,10 @@ class Sink:
     needs_annotation = False
     name = "sink"
 
+    def wants_frame(self) -> bool:
+        """Whether this sink will use the next frame (lets the loop skip annotating for nobody)."""
+        return True
+
     def write(self, frame_index: int, timestamp: float, frame: np.ndarray, detections: Detections,
               annotated: np.ndarray | None) -> None:
         raise NotImplementedError

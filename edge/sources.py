@@ -158,6 +158,10 @@ class VideoCaptureSource(Source):
         if self._realtime:
             self._pacer = _Pacer(self.fps or SYNTHETIC_FPS)
 
+    def describe(self) -> str:
+        fps = f", {self.fps:g} fps" if self.fps else ""
+        return f"{self.kind} {self.spec}{fps}"
+
     def _open_hint(self) -> str:
         if self.kind == "camera":
             return "is it connected, and is this user in the 'video' group?"
