@@ -171,6 +171,26 @@ def build_detection_module(network: Callable, head: HeadSpec, options: Postproce
     return module
 
 
+def build_passthrough_module(network: Callable, head: HeadSpec):
+    """Like :func:`build_detection_module` for a network that already ends in the post-process op
+    (OD API TF2 exports): only the pixel normalisation is put in front of it."""
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    height, width = head.input_size
+    mean, std = float(head.normalization.mean), float(head.normalization.std)
+    module = tf.Module()
+    module.network = getattr(network, "keep_alive", None) or tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="image")])
+    def serving(image):
+        outputs = network((image - mean) * (1.0 / std))
+        return dict(zip(OUTPUT_NAMES, outputs))
+
+    module.serving = serving
+    return module
+
+
 def keras_network(model):
     """Adapter: a Keras SSD (config.json contract) called in inference mode."""
 
@@ -250,3 +270,59 @@ def input_quantization(model_bytes: bytes) -> tuple[np.dtype, float, int]:
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
     return np.dtype(detail["dtype"]), float(scale), int(zero_point)
+
+
+def _postprocess_ops(model):
+    """(subgraph, operator) pairs of every ``TFLite_Detection_PostProcess`` in a schema ModelT."""
+    found = []
+    for subgraph in model.subgraphs or []:
+        for op in subgraph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+            if custom == POSTPROCESS_OP:
+                found.append((subgraph, op))
+    return found
+
+
+def read_postprocess_attributes(model_bytes: bytes) -> dict:
+    """The attributes stored in the model's post-process op ({} when it has none)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from flatbuffers import flexbuffers
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    ops = _postprocess_ops(model)
+    if not ops:
+        return {}
+    options = ops[0][1].customOptions
+    return dict(flexbuffers.Loads(bytes(bytearray(options)))) if options is not None else {}
+
+
+def set_postprocess_attributes(model_bytes: bytes, attributes: dict) -> bytes:
+    """Rewrite the post-process op's attributes (and its output shapes for ``max_detections``).
+
+    Used for models whose op was built elsewhere (OD API TF2 exports default to 10 detections and
+    a 1e-8 score threshold): the op reads these flexbuffer options when the interpreter prepares it.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from flatbuffers import flexbuffers
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    ops = _postprocess_ops(model)
+    if not ops:
+        raise EdgeError(f"the model has no {POSTPROCESS_OP} op to configure")
+    floats = {"nms_score_threshold", "nms_iou_threshold", "y_scale", "x_scale", "h_scale", "w_scale"}
+    for subgraph, op in ops:
+        current = dict(flexbuffers.Loads(bytes(bytearray(op.customOptions)))) if op.customOptions is not None else {}
+        for key, value in attributes.items():
+            current[key] = float(value) if key in floats else value
+        op.customOptions = list(flexbuffers.Dumps(current))
+        n = int(current.get("max_detections", 0)) * int(current.get("max_classes_per_detection", 1))
+        for position, tensor_index in enumerate(op.outputs[:3]):
+            tensor = subgraph.tensors[tensor_index]
+            shape = [1, n, 4] if position == 0 else [1, n]
+            tensor.shape = shape
+            tensor.shapeSignature = None
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

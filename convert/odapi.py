@@ -198,3 +198,79 @@ def run_frozen_graph(path: str | Path, image_rgb: np.ndarray) -> dict[str, np.nd
             {f"{IMAGE_NODE}:0": image_rgb[None]})
     n = int(count[0])
     return {"boxes": boxes[0, :n], "scores": scores[0, :n], "classes": classes[0, :n]}
+
+
+@dataclass
+class TF2Export:
+    """A TF2 OD API TFLite-ready SavedModel: normalised image -> post-process op outputs."""
+
+    path: Path
+    network: object  # normalised [1, H, W, 3] -> (boxes, classes, scores, count), the op's order
+    input_size: tuple[int, int]
+    num_classes: int
+    attributes: dict  # the op's attributes as exported
+    box_coder: BoxCoderScales = BoxCoderScales()
+    normalization: Normalization = field(default_factory=lambda: Normalization(127.5, 127.5))
+
+    @property
+    def head(self):
+        from convert.export import HeadSpec
+
+        return HeadSpec(self.input_size, None, self.num_classes, self.box_coder, self.normalization,
+                        "identity", None)
+
+
+def _implements_attributes(text: str) -> dict:
+    """Parse ``attr { key: "k" value { i: 3 } }`` pairs of an ``experimental_implements`` string."""
+    import re
+
+    attributes = {}
+    for key, kind, value in re.findall(r'key:\s*"([^"]+)"\s*value\s*\{\s*([ifb]):\s*([^\s}]+)\s*\}', text):
+        attributes[key] = int(value) if kind == "i" else (value == "true") if kind == "b" else float(value)
+    return attributes
+
+
+def load_tf2_saved_model(path: str | Path) -> TF2Export:
+    """A SavedModel written by ``export_tflite_graph_tf2.py``; EdgeError if it is not one."""
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    path = Path(path)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise EdgeError(f"{path}: cannot load the SavedModel ({str(exc).strip().splitlines()[0][:200]})") from None
+    signatures = dict(getattr(loaded, "signatures", {}) or {})
+    if not signatures:
+        raise EdgeError(f"{path}: the SavedModel has no serving signature")
+    signature = signatures.get("serving_default") or next(iter(signatures.values()))
+    specs = [s for s in signature.structured_input_signature[1].values()] + list(signature.structured_input_signature[0])
+    if len(specs) != 1 or specs[0].shape.rank != 4 or specs[0].shape[-1] != 3 or not specs[0].shape.is_fully_defined():
+        raise EdgeError(f"{path}: expected one fixed image input [1, H, W, 3] (export_tflite_graph_tf2.py), "
+                        f"found {[str(s.shape) for s in specs]}")
+    attributes = None
+    for function in signature.graph.as_graph_def().library.function:
+        implements = function.attr.get("_implements")
+        if implements is None:
+            continue
+        text = implements.s.decode() if implements.s else str(implements.func)
+        if "TFLite_Detection_PostProcess" in text:
+            attributes = _implements_attributes(text) if implements.s else {
+                k: (v.i if v.HasField("i") else v.f if v.HasField("f") else v.b) for k, v in implements.func.attr.items()}
+            break
+    if attributes is None or "num_classes" not in attributes:
+        raise EdgeError(f"{path}: not an SSD exported by export_tflite_graph_tf2.py "
+                        "(no TFLite_Detection_PostProcess function in its graph)")
+    input_name = next(iter(signature.structured_input_signature[1]))
+    output_names = sorted(signature.structured_outputs)
+
+    def network(x):
+        outputs = signature(**{input_name: x})
+        return tuple(outputs[name] for name in output_names)
+
+    network.keep_alive = loaded
+    shape = specs[0].shape
+    coder = BoxCoderScales(*(float(attributes.get(k, d)) for k, d in
+                             (("y_scale", 10.0), ("x_scale", 10.0), ("h_scale", 5.0), ("w_scale", 5.0))))
+    return TF2Export(path=path, network=network, input_size=(int(shape[1]), int(shape[2])),
+                     num_classes=int(attributes["num_classes"]), attributes=attributes, box_coder=coder)

@@ -33,6 +33,7 @@ class PruneResult:
     steps: int
     left_dense: list[str] = field(default_factory=list)  # "name (Kind)" of layers the wrapper refused
     sparsity: dict = field(default_factory=dict)  # see weight_sparsity()
+    fine_tune: dict = field(default_factory=dict)  # steps, seconds, final loss
 
 
 def weight_sparsity(model) -> dict:
@@ -99,7 +100,7 @@ def wrap_for_pruning(model, sparsity: float, steps: int):
     return wrapped, left_dense
 
 
-def prune_model(model, sparsity: float, steps: int, fine_tune: Callable[[object, int, list], None]) -> PruneResult:
+def prune_model(model, sparsity: float, steps: int, fine_tune: Callable[[object, int, list], dict]) -> PruneResult:
     """Prune ``model`` to ``sparsity`` while fine-tuning it for ``steps`` steps, then strip.
 
     ``fine_tune(wrapped_model, steps, callbacks)`` trains on the training data (the caller owns
@@ -109,7 +110,7 @@ def prune_model(model, sparsity: float, steps: int, fine_tune: Callable[[object,
 
     tfmot = import_tfmot()
     wrapped, left_dense = wrap_for_pruning(model, sparsity, steps)
-    fine_tune(wrapped, steps, [tfmot.sparsity.keras.UpdatePruningStep()])
+    tuned = fine_tune(wrapped, steps, [tfmot.sparsity.keras.UpdatePruningStep()]) or {}
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     return PruneResult(model=stripped, target_sparsity=float(sparsity), steps=int(steps),
-                       left_dense=left_dense, sparsity=weight_sparsity(stripped))
+                       left_dense=left_dense, sparsity=weight_sparsity(stripped), fine_tune=tuned)

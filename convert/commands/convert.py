@@ -1,0 +1,58 @@
+"""``edge convert SOURCE -o OUT.tflite``: a trained checkpoint or OD API export -> int8 TFLite + report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="training run directory (config.json + checkpoints), Keras model "
+                        "file with config.json beside it, OD API frozen_inference_graph.pb, or TF2 SavedModel dir")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output .tflite (report: OUT.report.json)")
+    parser.add_argument("--calib", type=Path, help="calibration images for int8 (default: the --data images)")
+    parser.add_argument("--calib-images", type=int, default=100, help="calibration images used (default 100)")
+    parser.add_argument("--val", type=Path, help="held-out VOC folder (or a folder with one COCO .json) for mAP")
+    parser.add_argument("--coco", type=Path, help="held-out COCO annotation .json (with --images)")
+    parser.add_argument("--images", type=Path, help="image folder of --coco")
+    parser.add_argument("--data", type=Path, help="training data (VOC/COCO) for pruning and QAT fine-tuning")
+    parser.add_argument("--labels", type=Path, help="label file (one per line) for OD API sources")
+    parser.add_argument("--sparsity", type=float, default=0.5,
+                        help="target pruning sparsity of Conv2D kernels (default 0.5; 0 disables pruning)")
+    parser.add_argument("--prune-steps", type=int, default=300, help="fine-tuning steps while pruning (default 300)")
+    parser.add_argument("--qat", action="store_true",
+                        help="quantization-aware fine-tuning instead of PTQ (sparsity-preserving PQAT when pruning)")
+    parser.add_argument("--qat-steps", type=int, default=300, help="QAT fine-tuning steps (default 300)")
+    parser.add_argument("--float", dest="float_model", action="store_true", help="write a float32 model instead of int8")
+    parser.add_argument("--max-map-drop", type=float,
+                        help="fail (exit 3, nothing written) if mAP@0.5 drops more than this many points vs float")
+    parser.add_argument("--max-detections", type=int, default=100, help="detections the model returns (default 100)")
+    parser.add_argument("--score-threshold", type=float, default=0.05,
+                        help="scores below this never enter NMS (default 0.05)")
+    parser.add_argument("--iou-threshold", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    parser.add_argument("--detections-per-class", type=int, default=100,
+                        help="regular NMS: candidates kept per class (default 100)")
+    parser.add_argument("--nms", choices=("fast", "regular"), default="fast",
+                        help="fast: one class-agnostic NMS (OD API default); regular: per-class NMS")
+    parser.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch size (default 8)")
+    parser.add_argument("--threads", type=int, help="interpreter threads for validation (default: all cores)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from convert.conversion import ConvertOptions, command_line, convert
+    from convert.export import PostprocessOptions
+
+    options = ConvertOptions(
+        source=args.source, output=args.output, calib=args.calib, val=args.val, coco=args.coco, images=args.images,
+        data=args.data, labels=args.labels, sparsity=args.sparsity, prune_steps=args.prune_steps, qat=args.qat,
+        qat_steps=args.qat_steps, float_model=args.float_model, max_map_drop=args.max_map_drop,
+        postprocess=PostprocessOptions(
+            max_detections=args.max_detections, score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold, detections_per_class=args.detections_per_class,
+            use_regular_nms=args.nms == "regular"),
+        calib_images=args.calib_images, batch_size=args.batch_size, num_threads=args.threads,
+        command=command_line(),
+    )
+    convert(options)
+    print(f"wrote {options.output} and {options.output.with_name(options.output.stem + '.report.json')}")
+    return 0
