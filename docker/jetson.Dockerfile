@@ -3,8 +3,10 @@
 # pipeline (nvarguscamerasrc) opens. pip's opencv-python(-headless) wheels have no GStreamer.
 #
 #   docker build -f docker/jetson.Dockerfile -t edgekit:jetson .      # on the Jetson
-#   docker run --rm -it --runtime nvidia -v /tmp/argus_socket:/tmp/argus_socket \
-#       -p 8080:8080 edgekit:jetson --source csi
+#   docker run --rm -it --runtime nvidia -v /tmp/argus_socket:/tmp/argus_socket edgekit:jetson \
+#       --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 ! \
+#                 nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! \
+#                 appsink drop=true max-buffers=1"
 #
 # --runtime nvidia makes the NVIDIA container runtime mount the host's Tegra libraries and its
 # GStreamer plugins (nvarguscamerasrc, nvvidconv) into the container; the Argus socket lets the

@@ -2,7 +2,7 @@
 # LiteRT, and no TensorFlow. docker/README.md has the build and run commands.
 #
 #   docker buildx build --platform linux/arm64 -f docker/pi.Dockerfile -t edgekit:pi .
-#   docker run --rm -it --device /dev/video0 -p 8080:8080 edgekit:pi --source 0
+#   docker run --rm -it --device /dev/video0 -p 8080:8080 edgekit:pi --source 0 --preview 0.0.0.0:8080 --token "$TOKEN"
 #
 # Debian bookworm, the same release as current Raspberry Pi OS, so the video group id (44) matches
 # the host's and --device /dev/video0 is readable by the non-root user without --privileged.
@@ -26,7 +26,7 @@ RUN python -m venv /opt/edgekit \
 
 USER 1000
 WORKDIR /home/edge
-# The preview page (edge run --http); publish it with -p 8080:8080.
+# The preview page (edge run --preview 0.0.0.0:8080 --token T); publish it with -p 8080:8080.
 EXPOSE 8080
 
 ENTRYPOINT ["edge", "run"]

@@ -10,6 +10,8 @@
 ARG TF_IMAGE=tensorflow/tensorflow:2.19.0-gpu
 FROM ${TF_IMAGE}
 
+# KERAS_HOME: the ImageNet backbone weights (--backbone-weights imagenet) are cached on the /runs
+# volume, so they download once, not on every `docker run`.
 # Memory growth as the default: TensorFlow otherwise maps nearly all GPU memory at start-up.
 # The `edge train` code sets it too, but only before the first op; the variable covers everything.
 ENV TF_FORCE_GPU_ALLOW_GROWTH=true \
@@ -19,7 +21,8 @@ ENV TF_FORCE_GPU_ALLOW_GROWTH=true \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     MPLCONFIGDIR=/tmp/matplotlib \
-    HOME=/tmp
+    HOME=/tmp \
+    KERAS_HOME=/runs/.keras
 
 COPY . /tmp/edgekit-src
 RUN PYTHON=python3 sh /tmp/edgekit-src/docker/install-trainer.sh /tmp/edgekit-src \
