@@ -172,23 +172,23 @@ class VideoCaptureSource(Source):
         return "check the pipeline with gst-launch-1.0"
 
     def _read(self) -> np.ndarray | None:
-        cap, frame = self._cap, self._frame
+        cap, buffer = self._cap, self._frame
         if cap is None:
             raise SourceError(f"--source {self.spec}: not open")
         if self._pacer is not None:
             self._pacer.wait()
-        ok, frame = cap.read(frame) if frame is not None else cap.read()
+        ok, frame = cap.read(buffer) if buffer is not None else cap.read()
         if cap is not self._cap:  # reopened by another thread while this read hung: discard
             cap.release()
             return None
         if not ok and self.loop and self.kind == "file":
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = cap.read(frame) if frame is not None else cap.read()
+            ok, frame = cap.read(buffer) if buffer is not None else cap.read()
             if not ok:  # some containers cannot seek: reopen from the start
                 self.reopen()
                 cap = self._cap
-                ok, frame = cap.read()
-        if not ok or frame is None:
+                ok, frame = cap.read(buffer) if buffer is not None else cap.read()
+        if not ok or frame is None or frame.size == 0:
             return None
         self._frame = frame
         return frame
