@@ -7,13 +7,16 @@
 #
 # Usage: install-runtime.sh [--system-opencv] [PROJECT_DIR]
 #   PYTHON            interpreter whose environment receives the install (default: python3)
-#   --system-opencv   keep the OpenCV already in the environment (Jetson: the distribution's cv2,
-#                     built with GStreamer for nvarguscamerasrc). pip's opencv-python-headless has
-#                     no GStreamer and, installed on top, would shadow it. So edgekit goes in with
+#   --system-opencv   keep the OpenCV already in the environment: the distribution's cv2 seen
+#                     through a venv made with --system-site-packages. Jetson: apt's cv2 is built
+#                     with GStreamer (nvarguscamerasrc); pip's opencv-python-headless has none and,
+#                     installed on top, would shadow it. Raspberry Pi OS host with Picamera2: apt's
+#                     python3-picamera2 and python3-opencv, same venv. So edgekit goes in with
 #                     --no-deps and its other requirements are named here, numpy kept below 2
-#                     because the distribution's cv2 was compiled against NumPy 1.x and fails to
-#                     import under NumPy 2. Keep this list in step with [project] dependencies in
-#                     pyproject.toml (tests/test_deploy.py checks it with `pip check`).
+#                     because the distribution's cv2 (and Picamera2's simplejpeg) were compiled
+#                     against NumPy 1.x and fail to import under NumPy 2. Keep this list in step
+#                     with [project] dependencies in pyproject.toml (tests/test_deploy.py checks
+#                     it with `pip check`).
 set -eu
 
 PYTHON="${PYTHON:-python3}"
