@@ -99,6 +99,19 @@ def _predictor(keras, x, boxes_per_cell: int, columns: int, name: str, layer: in
     return keras.layers.Reshape((-1, columns), name=f"{name}_{layer}_reshape")(y)
 
 
+def set_batchnorm_momentum(model, momentum: float) -> None:
+    """Set every BatchNormalization layer's moving-average momentum.
+
+    Keras' MobileNetV2 uses 0.999, tuned for ImageNet-length runs: after a few hundred steps from
+    scratch its moving statistics are still near their initial values and inference (which uses
+    them) is garbage although the training loss looks fine. Short runs need a faster average.
+    """
+    keras = import_keras()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+
+
 def build_ssd(config: SSDConfig, backbone_weights: str | Path | None = "none"):
     """Build the detector for ``config``; returns an (uncompiled) tf-keras Functional model.
 

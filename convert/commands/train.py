@@ -1,0 +1,126 @@
+"""``edge train``: MobileNetV2 SSDLite on VOC / COCO / synthetic data into a run directory.
+
+GPU memory is configured before TensorFlow touches a GPU (growth by default, or a hard cap), so the
+job never grabs the whole card; several GPUs train under ``MirroredStrategy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge.errors import EdgeError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="VOC folder, COCO .json, or a folder holding one")
+    parser.add_argument("--format", choices=("voc", "coco"), default=None, help="default: auto-detect")
+    parser.add_argument("--images-dir", default=None, help="COCO: folder the file_names are relative to")
+    parser.add_argument("--out", required=True, help="run directory (config.json, checkpoints/, history.json)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names to train, in model order "
+                                                        "(default: all classes in the data)")
+    parser.add_argument("--val-data", default=None, help="separate validation set (same format)")
+    parser.add_argument("--val-split", type=float, default=0.1,
+                        help="fraction held out for validation mAP when --val-data is not given (default 0.1)")
+    parser.add_argument("--input-size", type=int, default=320, help="square input, 160..320 px (default 320)")
+    parser.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier 0.35..1.0 (default 0.5)")
+    parser.add_argument("--fpn", action="store_true", help="FPN-lite feature fusion")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", default="8", help="N or 'auto' (largest that fits the GPU, minus a margin)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the data")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, warm-up + cosine)")
+    parser.add_argument("--loss", choices=("focal", "hard_negatives"), default="focal",
+                        help="class loss: sigmoid focal, or softmax CE with 3:1 hard-negative mining")
+    parser.add_argument("--backbone-weights", default="imagenet",
+                        help="imagenet (downloads through Keras), a weights file, or none (default imagenet)")
+    parser.add_argument("--no-augment", action="store_true", help="no crop/flip/colour augmentation")
+    parser.add_argument("--no-memory-growth", action="store_true",
+                        help="let TensorFlow map all GPU memory up front (its default; not recommended)")
+    parser.add_argument("--memory-limit", type=int, default=None, metavar="MB",
+                        help="hard cap per GPU in MB (a logical device with memory_limit)")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU only)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                        help="extra checkpoints inside an epoch (default: at each epoch end)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="parallel image readers (default 2)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+
+
+def _parse_batch_size(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise EdgeError(f"--batch-size {value!r}: expected a number or 'auto'") from None
+    if size < 1:
+        raise EdgeError(f"--batch-size {size}: must be at least 1")
+    return size
+
+
+def main(args: argparse.Namespace) -> int:
+    batch_size = _parse_batch_size(args.batch_size)
+    if not 160 <= args.input_size <= 320:
+        raise EdgeError(f"--input-size {args.input_size}: expected 160..320")
+    if not 0.0 <= args.val_split < 1.0:
+        raise EdgeError(f"--val-split {args.val_split}: expected 0 <= fraction < 1")
+    if args.epochs < 1:
+        raise EdgeError(f"--epochs {args.epochs}: must be at least 1")
+
+    # First TensorFlow contact of the process: GPU memory settings must come before anything else.
+    from convert.gpu import configure_gpus, mirrored_strategy_if_needed
+
+    setup = configure_gpus(memory_growth=not args.no_memory_growth, memory_limit_mb=args.memory_limit,
+                           mixed_precision=args.mixed_precision)
+    print(setup.describe())
+
+    from convert.config import SSDConfig
+    from convert.data import load_dataset
+    from convert.losses import LossConfig
+    from convert.train import DEFAULT_BATCH_SIZE, search_batch_size, train
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    dataset = load_dataset(args.data, format=args.format, images_dir=args.images_dir, labels=classes)
+    for path, reason in dataset.skipped[:10]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.val_data:
+        val = load_dataset(args.val_data, format=args.format, labels=dataset.labels)
+        train_set = dataset
+    elif args.val_split > 0:
+        train_set, val = dataset.split(args.val_split, seed=args.seed)
+    else:
+        train_set, val = dataset, None
+    print(f"train: {train_set.summary()}" + (f"; val: {val.summary()}" if val is not None else "")
+          + (f"; {len(dataset.skipped)} annotation file(s) skipped" if dataset.skipped else ""))
+
+    config = SSDConfig.create(dataset.labels, input_size=args.input_size, width=args.width, fpn=args.fpn)
+    config.training["data"] = str(args.data)
+    loss = LossConfig(classification=args.loss)
+
+    if batch_size is None:
+        if setup.gpus:
+            search = search_batch_size(config, train_set, loss=loss, mixed_precision=setup.mixed_precision)
+            print(search.describe())
+            batch_size = search.batch_size
+        else:
+            print(f"--batch-size auto needs a GPU to measure; using the default {DEFAULT_BATCH_SIZE}")
+            batch_size = DEFAULT_BATCH_SIZE
+    strategy = mirrored_strategy_if_needed()
+    if strategy.num_replicas_in_sync > 1:
+        print(f"MirroredStrategy over {strategy.num_replicas_in_sync} GPUs; global batch {batch_size}")
+
+    try:
+        result = train(config, train_set, args.out, epochs=args.epochs, batch_size=batch_size,
+                       steps_per_epoch=args.steps_per_epoch, val_dataset=val, seed=args.seed,
+                       learning_rate=args.lr, loss=loss, backbone_weights=args.backbone_weights,
+                       resume=args.resume, checkpoint_every=args.checkpoint_every,
+                       augment=not args.no_augment, verbose=2 if args.quiet else 1, strategy=strategy,
+                       mixed_precision=setup.mixed_precision, workers=args.workers)
+    except KeyboardInterrupt:
+        return 130
+    summary = f"done: {result.steps} steps, checkpoint {result.checkpoint}"
+    if result.val_map is not None:
+        summary += f", val mAP@0.5 {result.val_map.map50:.3f} (mAP@[.5:.95] {result.val_map.map:.3f})"
+    print(summary)
+    return 0
