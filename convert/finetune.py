@@ -16,6 +16,20 @@ from convert.config import SSDConfig
 from edge.errors import EdgeError
 
 DEFAULT_FINE_TUNE_LR = 2e-4  # a tenth of the training default: nudge, do not retrain
+# Pruning changes conv outputs step by step; BatchNormalization's moving statistics (momentum 0.99)
+# would still describe the dense model after a few hundred steps (measured: mAP@0.5 0.47 -> 0.13
+# after 60 pruning steps while the training loss looked fine). 0.9 lets them follow the weights.
+FINE_TUNE_BN_MOMENTUM = 0.9
+
+
+def _batch_norms(model):
+    from convert.tf import import_keras
+
+    keras = import_keras()
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # pruning / quantize wrappers
+        if isinstance(inner, keras.layers.BatchNormalization):
+            yield inner
 
 
 def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_rate: float = DEFAULT_FINE_TUNE_LR,
@@ -32,6 +46,9 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
     loss = LossConfig(classification=config.training.get("loss", LossConfig.classification))
 
     def fine_tune(model, steps: int, callbacks: list) -> dict:
+        saved_momentum = [(bn, bn.momentum) for bn in _batch_norms(model)]
+        for bn, _ in saved_momentum:
+            bn.momentum = FINE_TUNE_BN_MOMENTUM  # read when the step is traced, below
         pipeline = InputPipeline(dataset, config, augment=True)
         data = iter(pipeline.training_dataset(min(batch_size, len(dataset.samples)), seed=seed))
         optimizer = make_optimizer(learning_rate, steps, warmup_steps=0)
@@ -52,6 +69,8 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
                 log(f"  fine-tune step {step + 1}/{steps}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
         for callback in callbacks:
             callback.on_epoch_end(batch=-1)
+        for bn, momentum in saved_momentum:
+            bn.momentum = momentum
         return {"steps": int(steps), "seconds": round(time.perf_counter() - start, 1),
                 "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
 
