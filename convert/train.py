@@ -47,6 +47,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # images the pipeline left out
     seconds_per_step: float | None = None  # mean over this invocation's steps (after the first)
+    resumed_from_step: int = 0  # step of the checkpoint this invocation started from (0: fresh)
 
 
 def peak_rss_mb() -> float:
@@ -231,6 +232,7 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
         ckpt, step_var, epoch_var = _checkpoint_objects(model, optimizer)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=keep_checkpoints)
     history: list[dict] = []
+    resumed_from = 0
     if resume and manager.latest_checkpoint:
         try:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -238,8 +240,9 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
             raise EdgeError(f"--resume {manager.latest_checkpoint}: cannot restore ({str(exc).splitlines()[0]})") from None
         if (run_dir / HISTORY_NAME).is_file():
             history = json.loads((run_dir / HISTORY_NAME).read_text()).get("epochs", [])
+        resumed_from = int(step_var.numpy())
         if verbose:
-            print(f"resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+            print(f"resumed from {manager.latest_checkpoint} at step {resumed_from}")
 
     pipeline = InputPipeline(dataset, config, augment=augment, parallel=workers)
     # Resumed runs reshuffle differently (seed + step) rather than replay the same batches.
@@ -322,7 +325,8 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     timed = step_times[1:] or step_times  # the first step includes tracing
     return TrainResult(run_dir=run_dir, checkpoint=manager.latest_checkpoint, steps=int(step_var.numpy()),
                        epochs=int(epochs), batch_size=batch_size, val_map=val_result, history=history,
-                       skipped=skipped, seconds_per_step=float(np.mean(timed)) if timed else None)
+                       skipped=skipped, seconds_per_step=float(np.mean(timed)) if timed else None,
+                       resumed_from_step=resumed_from)
 
 
 def _main_thread() -> bool:
