@@ -24,6 +24,7 @@ from edge.sources import Source
 
 RING_SLOTS = 4  # latest + held by the detector + being written + one spare for an abandoned reader
 BACKOFF_START, BACKOFF_MAX = 0.25, 8.0  # seconds between reconnect attempts
+MAX_ABANDONED = 3  # readers left blocked in a dead source; beyond this, wait for one to return
 GIVE_UP_AFTER = 5  # consecutive failed reads after which a file/folder/synthetic source ends the run
 
 FREE, WRITING, READY, HELD = 0, 1, 2, 3
@@ -33,7 +34,7 @@ FREE, WRITING, READY, HELD = 0, 1, 2, 3
 class CaptureCounters:
     frames_read: int = 0  # frames delivered by the source
     frames_dropped: int = 0  # read but never given to the detector (newer frame won)
-    read_errors: int = 0  # reads that raised
+    read_errors: int = 0  # reads that raised, or live streams that ended
     reconnects: int = 0  # successful reopenings
     stalls: int = 0  # reads or opens abandoned after stall_timeout
 
@@ -74,6 +75,8 @@ class Capture:
         self._busy_what = ""
         self._last_frame_time = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._abandoned: list[threading.Thread] = []
+        self._stall_delay = backoff[0]  # grows with each stall in a row, reset by a frame
         self.error: BaseException | None = None  # set when the reader gave up (non-reconnectable source)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -83,9 +86,9 @@ class Capture:
         self._spawn(reopen_first=False)
         return self
 
-    def _spawn(self, reopen_first: bool) -> None:
+    def _spawn(self, reopen_first: bool, delay: float | None = None) -> None:
         self._generation += 1
-        self._thread = threading.Thread(target=self._reader, args=(self._generation, reopen_first),
+        self._thread = threading.Thread(target=self._reader, args=(self._generation, reopen_first, delay),
                                         name=f"edge-capture-{self._generation}", daemon=True)
         self._thread.start()
 
@@ -152,10 +155,16 @@ class Capture:
         blocked = time.monotonic() - since
         if blocked < self.stall_timeout:
             return
+        self._abandoned = [t for t in self._abandoned if t.is_alive()]
+        if len(self._abandoned) >= MAX_ABANDONED:
+            return  # the backend is wedged: more threads would not help; check again later
         self.counters.stalls += 1
         self._log(f"source {self.source.spec}: no frame for {blocked:.1f} s ({self._busy_what} stalled); reopening")
         self._busy_since = 0.0
-        self._spawn(reopen_first=True)
+        if self._thread is not None:
+            self._abandoned.append(self._thread)
+        self._spawn(reopen_first=True, delay=self._stall_delay)
+        self._stall_delay = min(self._stall_delay * 2, self._backoff[1])
 
     # ---- reader side --------------------------------------------------------------------------
 
@@ -171,9 +180,9 @@ class Capture:
         if generation == self._generation:
             self._busy_since = 0.0
 
-    def _reader(self, generation: int, reopen_first: bool) -> None:
+    def _reader(self, generation: int, reopen_first: bool, delay: float | None = None) -> None:
         source = self.source
-        delay = self._backoff[0]
+        delay = delay or self._backoff[0]
         must_reopen = reopen_first
         failures = 0  # consecutive failed reads; a finite source that keeps failing is given up
         while self._current(generation):
@@ -185,6 +194,8 @@ class Capture:
                     source.reopen()
                 except Exception as exc:  # SourceError, or whatever a backend raises
                     self._idle(generation)
+                    if not self._current(generation):
+                        return
                     self._log(f"source {source.spec}: reconnect failed ({_one_line(exc)}); retrying in "
                               f"{min(delay * 2, self._backoff[1]):.1f} s")
                     delay = min(delay * 2, self._backoff[1])
@@ -220,6 +231,7 @@ class Capture:
                 return  # abandoned while blocked: this frame belongs to nobody
             if frame is None:
                 if source.reconnectable:
+                    self.counters.read_errors += 1
                     self._log(f"source {source.spec}: stream ended; reopening")
                     must_reopen = True
                     continue
@@ -228,6 +240,7 @@ class Capture:
                     self._cond.notify_all()
                 return
             failures = 0
+            self._stall_delay = self._backoff[0]
             self.counters.frames_read += 1
             self._publish(generation, frame)
 

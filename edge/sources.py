@@ -22,6 +22,7 @@ import glob
 import math
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -136,6 +137,8 @@ class VideoCaptureSource(Source):
         self.loop = loop
         self.stall_timeout = stall_timeout
         self._cap = None
+        self._lock = threading.Lock()
+        self._reading = None  # the capture a read is blocked in, if any
         self._frame: np.ndarray | None = None
         self._pacer: _Pacer | None = None
         self._realtime = realtime
@@ -177,8 +180,15 @@ class VideoCaptureSource(Source):
             raise SourceError(f"--source {self.spec}: not open")
         if self._pacer is not None:
             self._pacer.wait()
-        ok, frame = cap.read(buffer) if buffer is not None else cap.read()
-        if cap is not self._cap:  # reopened by another thread while this read hung: discard
+        with self._lock:
+            self._reading = cap
+        try:
+            ok, frame = cap.read(buffer) if buffer is not None else cap.read()
+        finally:
+            with self._lock:
+                self._reading = None
+                abandoned = cap is not self._cap
+        if abandoned:  # reopened by another thread while this read hung: this reader owns the old one
             cap.release()
             return None
         if not ok and self.loop and self.kind == "file":
@@ -194,7 +204,10 @@ class VideoCaptureSource(Source):
         return frame
 
     def _release(self) -> None:
-        cap, self._cap = self._cap, None
+        with self._lock:
+            cap, self._cap = self._cap, None
+            if cap is self._reading:
+                return  # a read hangs in it: releasing under it could crash; the reader releases it
         if cap is not None:
             cap.release()
 
