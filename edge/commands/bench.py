@@ -1,0 +1,56 @@
+"""``edge bench MODEL...``: memory per frame and stage latency, ours vs the usual pipeline vs bare invoke()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge.runtime import RUNTIMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                        help=".tflite model(s); several give one comparison table (e.g. float vs int8 vs pruned)")
+    parser.add_argument("--source", default="synthetic",
+                        help="frames to run on: video file (looped), folder, camera, stream or synthetic[:WxH] "
+                             "(default: synthetic)")
+    parser.add_argument("--frames", type=int, default=500, help="timed frames per pipeline (default: 500)")
+    parser.add_argument("--warmup", type=int, default=50, help="warm-up frames per pipeline (default: 50)")
+    parser.add_argument("--mem-frames", type=int, default=None,
+                        help="frames measured under tracemalloc per pipeline (default: same as --frames)")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
+    parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
+    parser.add_argument("--score", type=float, default=0.5, help="score threshold (default: 0.5)")
+    parser.add_argument("--rss-every", type=int, default=10, help="sample RSS every N frames (default: 10)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="timed frames of bare invoke, ours and usual alternate in this many rounds (default: 4)")
+    parser.add_argument("--no-usual", action="store_true", help="skip the usual-pipeline baseline")
+    parser.add_argument("--json", dest="json_path", type=Path, help="write every figure and the machine to this JSON file")
+    parser.add_argument("--report", dest="report_dir", type=Path,
+                        help="write a markdown report and PNG plots (matplotlib) into this directory")
+    parser.add_argument("--name", default="bench", help="file name stem inside --report (default: bench)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report
+
+    settings = BenchSettings(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
+                             mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
+                             score_threshold=args.score, rss_every=args.rss_every, rounds=args.rounds, usual=not args.no_usual,
+                             labels=args.labels)
+    report = run_bench(settings, progress=not args.no_progress)
+    print(format_summary(report))
+    if args.json_path:
+        write_json(report, args.json_path)
+        print(f"json: {args.json_path}")
+    if args.report_dir:
+        md_path, plots, note = write_report(report, args.report_dir, args.name)
+        print(f"report: {md_path}")
+        for plot in plots:
+            print(f"plot: {plot}")
+        if note:
+            print(f"edge bench: {note}", file=sys.stderr)
+    return 0
