@@ -270,8 +270,11 @@ class PreviewSink(Sink):
         return self.server.exchange.wants_frame()
 
     def write(self, frame_index, timestamp, frame, detections, annotated) -> None:
-        if annotated is not None:  # None: nobody wanted a frame when the loop looked; next one will do
-            self.server.exchange.offer(annotated)
+        exchange = self.server.exchange
+        if annotated is not None:
+            exchange.offer(annotated)
+        elif exchange.viewers:  # every viewer is still busy with an earlier frame: this one is skipped
+            exchange.dropped += 1
 
     def close(self) -> None:
         self.server.close()
