@@ -416,6 +416,25 @@ def _traced(run: PipelineRun, loop, frames: int, progress: Progress) -> None:
     run.memory_profile = profile
 
 
+def live_loop_frames(settings: BenchSettings) -> int:
+    return max(20, settings.frames // 4)
+
+
+def _live_loop_check(detector, settings: BenchSettings, progress: Progress) -> dict:
+    """fps of ``edge run``'s own :class:`~edge.live.LiveLoop` (no sinks), to confirm the bench's loop."""
+    from edge.live import LiveLoop
+    from edge.sources import open_source
+
+    frames = live_loop_frames(settings)
+    progress.describe("ours: edge run loop")
+    summary = LiveLoop(detector, open_source(settings.source, loop=True), [], max_frames=frames,
+                       stats_every=0, rss_every=0, log=lambda message: None).run()
+    progress.advance(frames)
+    return {"frames": summary.frames_processed, "fps": round(summary.fps, 3), "frames_dropped": summary.frames_dropped,
+            "invoke_p50_ms": round(summary.stages.get("invoke", {}).get("p50", 0.0) * 1e3, 4)
+            if summary.stages else None}
+
+
 def interpreter_memory(model: Path, runtime: str | None, threads: int | None):
     """Load a bare interpreter and measure it: ``(interpreter, runtime_info, dict of bytes)``.
 
@@ -508,6 +527,8 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
                 _timed_chunk(run, loop, chunk, progress)
         for run, loop in pipelines[1:]:
             _traced(run, loop, settings.traced_frames, progress)
+        ours_loop.close()
+        result["live_loop"] = _live_loop_check(detector, settings, progress)
     finally:
         for loop in loops:
             loop.close()
@@ -570,7 +591,8 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     open_source(settings.source, loop=True).close()  # fail early, with the source's own message
     machine = machine_info()
     pipelines = 3 if settings.usual else 2
-    per_model = (settings.warmup + settings.frames) * pipelines + settings.traced_frames * (pipelines - 1)
+    per_model = ((settings.warmup + settings.frames) * pipelines + settings.traced_frames * (pipelines - 1)
+                 + live_loop_frames(settings))
     bar = Progress(per_model * len(settings.models), enabled=progress)
     started = time.time()
     try:
@@ -748,10 +770,13 @@ def format_markdown(report: dict, plots: list[str] | None = None, plots_note: st
             cells = [f"{o[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]
             cells += [f"{u[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")] if u else ["-"] * 4
             out.append(f"| {stage} | " + " | ".join(cells) + " |")
+        live = r.get("live_loop")
+        live_text = (f" `edge run`'s own loop (LiveLoop, no sinks), run after: {live['fps']:.1f} fps over "
+                     f"{live['frames']} frames." if live else "")
         out += ["", f"Bare `invoke()`: {r['bare']['fps']:.1f} fps, p50 {r['bare']['invoke']['p50_ms']:.2f} ms, "
                 f"p99 {r['bare']['invoke']['p99_ms']:.2f} ms. Ours: {r['ours']['fps']:.1f} fps "
                 f"({r['ours']['frames_dropped']} dropped)"
-                + (f"; usual: {usual['fps']:.1f} fps." if usual else "."), ""]
+                + (f"; usual: {usual['fps']:.1f} fps." if usual else ".") + live_text, ""]
         out += ["| memory per frame | ours | usual |", "|---|---|---|"]
         keys = [("growth_bytes_per_frame", "net heap growth (mean)"), ("growth_frames_nonzero", "frames with growth != 0"),
                 ("transient_median_bytes", "transient, median"), ("transient_p99_bytes", "transient, p99"),

@@ -35,6 +35,7 @@ def test_bench_reports_ours_usual_and_bare_on_the_same_run(report, ssd_model_pat
         assert p["memory"]["frames"] == 20
         assert p["rss"]["samples"] >= 6 and p["rss"]["slope_segments"] == 2
     assert r["bare"]["frames"] == 24 and r["bare"]["fps"] > 0
+    assert r["live_loop"]["frames"] == 20 and r["live_loop"]["fps"] > 0  # edge run's own loop, as a cross-check
     # The figures the issue is about: ours allocates ~nothing per frame, the usual way a frame's worth.
     ours, usual = r["ours"]["memory"], r["usual"]["memory"]
     assert ours["transient_median_bytes"] < 16 * KB

@@ -1,0 +1,50 @@
+"""Regenerate benchmarks/results/bench_fixture.*: the fixture SSD on the fixture video, ours vs usual.
+
+Google's int8 SSD MobileNet v1 COCO (../shared/fixtures/models) on 20 real 960x540 traffic frames
+(../shared/fixtures/video), looped, 2 threads. Run from the project root:
+
+    .venv/bin/python benchmarks/bench_fixture.py            # ~5-10 min on 2 shared cores
+    .venv/bin/python benchmarks/bench_fixture.py --frames 300 --out /tmp/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report  # noqa: E402
+
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=FIXTURES / "models" / "ssd_mobilenet_v1_coco_quant.tflite")
+    parser.add_argument("--source", default=str(FIXTURES / "video" / "traffic_960x540.mp4"))
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--mem-frames", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="bench_fixture")
+    args = parser.parse_args()
+    settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
+                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
+    report = run_bench(settings)
+    report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
+    print(format_summary(report))
+    write_json(report, args.out / f"{args.name}.json")
+    md, plots, note = write_report(report, args.out, args.name)
+    print(f"wrote {args.out / (args.name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Regenerate benchmarks/results/bench_synthetic.*: ours vs usual on the synthetic source.
+
+The synthetic source draws moving shapes into one preallocated 640x480 frame (no decoding), so
+capture costs almost nothing and the comparison isolates preprocess/postprocess. The model is the
+bundled demo detector when it exists (edge/models/demo_ssd_int8.tflite), else the fixture SSD.
+
+    .venv/bin/python benchmarks/bench_synthetic.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report  # noqa: E402
+
+FIXTURE_MODEL = ROOT.parent / "shared" / "fixtures" / "models" / "ssd_mobilenet_v1_coco_quant.tflite"
+DEMO_MODEL = ROOT / "edge" / "models" / "demo_ssd_int8.tflite"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL if DEMO_MODEL.is_file() else FIXTURE_MODEL)
+    parser.add_argument("--source", default="synthetic:640x480")
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--mem-frames", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="bench_synthetic")
+    args = parser.parse_args()
+    settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
+                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
+    report = run_bench(settings)
+    report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
+    print(format_summary(report))
+    write_json(report, args.out / f"{args.name}.json")
+    md, plots, note = write_report(report, args.out, args.name)
+    print(f"wrote {args.out / (args.name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
