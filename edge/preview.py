@@ -239,6 +239,10 @@ class PreviewServer:
         query = f"?token={self.token}" if self.token else ""
         return f"http://{host}:{self.port}/{query}"
 
+    def set_stats(self, stats: Callable[[], dict]) -> None:
+        """Where the page's numbers come from (e.g. :meth:`edge.live.LiveLoop.live_stats`)."""
+        self._stats = stats
+
     def stats(self) -> dict:
         data = dict(self._stats())
         data.update(viewers=self.exchange.viewers, preview_frames=self.exchange.encoded,

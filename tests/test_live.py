@@ -106,7 +106,7 @@ def test_stuck_viewer_never_slows_the_detector(ssd_model_path):
     server = PreviewServer("127.0.0.1", 0).start()
     loop = LiveLoop(detector, open_source("synthetic:640x480"), [PreviewSink(server)], max_frames=120,
                     duration=60, stats_every=0)
-    server._stats = loop.live_stats
+    server.set_stats(loop.live_stats)
     stuck = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -43,7 +43,7 @@ def live_preview(ssd_model_path, coco_labels_path):
     source = open_source("synthetic:320x240@15", realtime=True)
     server = PreviewServer("127.0.0.1", 0, token="s3cret")
     loop = LiveLoop(detector, source, [PreviewSink(server)], duration=60, stats_every=0)
-    server._stats = loop.live_stats
+    server.set_stats(loop.live_stats)
     server.start()
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", loop.run()), daemon=True)

@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
                     stall_timeout=args.stall_timeout, stats_every=args.stats_every, log=_log)
     for sink in sinks:
         if isinstance(sink, PreviewSink):
-            sink.server._stats = loop.live_stats
+            sink.server.set_stats(loop.live_stats)
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()
