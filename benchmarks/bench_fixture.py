@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--mem-frames", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="bench_fixture")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ def test_leaking_step_is_reported_as_growth_of_its_size():
     profile = measure_step(lambda: kept.append(bytes(KB)), 1000)
     # A 1 KB bytes object is 1 KB + a 33 B header; the list adds a pointer (and a rare resize).
     assert 1024 <= profile.growth_per_frame <= 1024 + 64
+    assert profile.growth_trend == pytest.approx(profile.growth_per_frame, rel=0.02)
     assert np.count_nonzero(profile.growth) == 1000
     # Nothing is allocated and freed within the frame, apart from list resizes.
     assert profile.transient_median < 64
@@ -155,3 +156,17 @@ def test_rss_slope_per_segment_ignores_jumps_between_segments():
     rss = 100_000_000 + 3 * frames + segments * MB
     assert rss_slope(frames, rss, segments) == pytest.approx(3.0, abs=1e-6)
     assert rss_slope(frames, rss) > 500  # one line through the jump blames the pipeline for it
+
+
+def test_growth_trend_separates_a_leak_from_a_bounded_difference_at_the_end():
+    from edge.memprofile import MemoryProfile
+
+    empty = np.zeros(0, np.int64)
+    # A capture thread holding 450 B more at the last frame's end than at the first frame's start.
+    bounded = np.zeros(300, np.int64)
+    bounded[-1] = 450
+    profile = MemoryProfile(bounded, np.zeros(300, np.int64), empty, empty)
+    assert profile.growth_per_frame == 1.5
+    assert abs(profile.growth_trend) < 0.05
+    leak = np.full(300, 48, np.int64)
+    assert MemoryProfile(leak, leak * 0, empty, empty).growth_trend == pytest.approx(48.0)

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
     parser.add_argument("--score", type=float, default=0.5, help="score threshold (default: 0.5)")
     parser.add_argument("--rss-every", type=int, default=10, help="sample RSS every N frames (default: 10)")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="timed frames of bare invoke, ours and usual alternate in this many rounds (default: 4)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="timed frames of bare invoke, ours and usual alternate in this many rounds (default: 10)")
     parser.add_argument("--no-usual", action="store_true", help="skip the usual-pipeline baseline")
     parser.add_argument("--json", dest="json_path", type=Path, help="write every figure and the machine to this JSON file")
     parser.add_argument("--report", dest="report_dir", type=Path,
