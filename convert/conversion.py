@@ -104,7 +104,10 @@ def load_source(opts: ConvertOptions) -> _Source:
     if source.is_dir() and (source / CONFIG_NAME).is_file():
         from convert.train import load_trained_model
 
-        model, config = load_trained_model(source)
+        try:
+            model, config = load_trained_model(source)
+        except (IndexError, OSError, RuntimeError) as exc:  # truncated data files surface as IndexError
+            raise EdgeError(f"{source}: unreadable checkpoint ({str(exc).splitlines()[0][:200]})") from None
         return _keras_source(KIND_RUN, model, config)
     if source.is_file() and source.suffix.lower() in (".keras", ".h5"):
         config_path = source.parent / CONFIG_NAME
@@ -241,6 +244,9 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] = print) -> dict:
         raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
     steps = _Steps(log)
     notes: list[str] = []
+    # Cheap checks of the user's folders first: a typo should not cost a model load.
+    calib_paths = quantize.list_images(opts.calib) if opts.calib is not None and not opts.float_model else None
+    val_set = _validation_set(opts)
 
     source = steps.run("load", lambda: load_source(opts), lambda s: f"{s.kind}, {s.head.num_classes} classes, "
                        f"input {s.head.input_size[0]}x{s.head.input_size[1]}")
@@ -252,7 +258,6 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] = print) -> dict:
         raise EdgeError(f"--qat: a {source.kind} has no trainable weights; convert it without --qat (PTQ)")
 
     # Every input is read before any slow step, so bad input fails in seconds.
-    val_set = _validation_set(opts)
     train_set = None
     if prune or opts.qat:
         data_path = opts.data or (source.config.training.get("data") if source.config else None)
@@ -262,8 +267,8 @@ def convert(opts: ConvertOptions, log: Callable[[str], None] = print) -> dict:
         train_set = _dataset(Path(data_path), source.labels, "--data")
     frames = None
     if not opts.float_model:
-        if opts.calib is not None:
-            calib_paths = quantize.list_images(opts.calib)
+        if calib_paths is not None:
+            pass
         elif train_set is not None:
             calib_paths = [s.image_path for s in train_set.samples]
             notes.append("calibrated on the fine-tuning data (no --calib given)")

@@ -39,12 +39,14 @@ class ModelStats:
     path: str
     size_bytes: int
     gzip_bytes: int
+    weights_gzip_bytes: int = 0  # gzip of the conv/dense filters alone
     sparsity: dict = field(default_factory=dict)  # {"overall": f, "by_kind": {...}} of the file's weights
     input: dict = field(default_factory=dict)  # dtype, shape, scale, zero_point
     operators: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "size_bytes": self.size_bytes, "gzip_bytes": self.gzip_bytes,
+                "weights_gzip_bytes": self.weights_gzip_bytes,
                 "size_kib": round(self.size_bytes / 1024, 1), "gzip_kib": round(self.gzip_bytes / 1024, 1),
                 "sparsity": self.sparsity, "input": self.input, "operators": self.operators}
 
@@ -53,18 +55,12 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def tflite_weight_sparsity(model_bytes: bytes) -> dict:
-    """Fraction of zero weights in the conv / fully-connected filters stored in the file.
-
-    A quantized weight counts as zero when it equals its zero point (0 for TFLite's symmetric int8
-    weights). Returns ``{"overall": f, "by_kind": {kind: f}, "weights": n}``.
-    """
+def _filter_weights(model_bytes: bytes):
+    """Yield ``(layer kind, values, zero value)`` for every conv / fully-connected filter in the file."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    zeros: dict[str, int] = {}
-    totals: dict[str, int] = {}
     seen: set[int] = set()
     for subgraph in model.subgraphs or []:
         for op in subgraph.operators or []:
@@ -85,11 +81,30 @@ def tflite_weight_sparsity(model_bytes: bytes) -> dict:
             if tensor.quantization is not None and tensor.quantization.zeroPoint is not None \
                     and len(tensor.quantization.zeroPoint) == 1:
                 zero = int(tensor.quantization.zeroPoint[0])
-            zeros[kind] = zeros.get(kind, 0) + int(np.count_nonzero(values == zero))
-            totals[kind] = totals.get(kind, 0) + int(values.size)
+            yield kind, values, zero
+
+
+def tflite_weight_sparsity(model_bytes: bytes) -> dict:
+    """Fraction of zero weights in the conv / fully-connected filters stored in the file.
+
+    A quantized weight counts as zero when it equals its zero point (0 for TFLite's symmetric int8
+    weights). Returns ``{"overall": f, "by_kind": {kind: f}, "weights": n}``.
+    """
+    zeros: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for kind, values, zero in _filter_weights(model_bytes):
+        zeros[kind] = zeros.get(kind, 0) + int(np.count_nonzero(values == zero))
+        totals[kind] = totals.get(kind, 0) + int(values.size)
     total = sum(totals.values())
     return {"overall": round(sum(zeros.values()) / total, 4) if total else 0.0,
             "by_kind": {k: round(zeros[k] / totals[k], 4) for k in sorted(totals)}, "weights": total}
+
+
+def filter_weights_gzip_bytes(model_bytes: bytes) -> int:
+    """gzip size of the filter weights alone: what pruning can save, without the per-channel
+    quantization parameters, biases and graph structure that every int8 file also carries."""
+    blob = b"".join(values.tobytes() for _, values, _ in _filter_weights(model_bytes))
+    return gzip_size(blob)
 
 
 def model_stats(path: str | Path) -> ModelStats:
@@ -102,7 +117,8 @@ def model_stats(path: str | Path) -> ModelStats:
     detail = Interpreter(model_content=data).get_input_details()[0]
     scale, zero_point = detail["quantization"]
     return ModelStats(
-        path=str(path), size_bytes=len(data), gzip_bytes=gzip_size(data), sparsity=tflite_weight_sparsity(data),
+        path=str(path), size_bytes=len(data), gzip_bytes=gzip_size(data),
+        weights_gzip_bytes=filter_weights_gzip_bytes(data), sparsity=tflite_weight_sparsity(data),
         input={"dtype": np.dtype(detail["dtype"]).name, "shape": [int(v) for v in detail["shape"]],
                "scale": float(scale), "zero_point": int(zero_point)},
         operators=read_tflite(path).operators,
