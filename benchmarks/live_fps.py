@@ -74,7 +74,8 @@ def main() -> int:
         print(f"{r['threads']:>7} {r['bare_invoke_fps']:>16.1f} {r['end_to_end_fps']:>15.1f} {r['ratio']:>6.3f}")
     report = {
         "benchmark": "live_fps", "model": Path(args.model).name, "video": Path(args.video).name, "goal_ratio": 0.97,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

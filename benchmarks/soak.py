@@ -58,7 +58,8 @@ def main() -> int:
         "elapsed_s": summary.elapsed_s, "frames_dropped": summary.frames_dropped,
         "stages_ms": {k: {q: v[q] * 1e3 for q in ("p50", "p99")} for k, v in summary.stages.items()},
         "rss_samples": summary.rss_samples, "runtime": detector.runtime_info.describe(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
