@@ -74,6 +74,8 @@ class Detector:
             tuple(image_input["quantization"]), info.normalization, info.color, resize or info.resize or STRETCH,
         )
         self._state_pairs = self._find_recurrent_state(inputs, outputs, image_input["index"])
+        for _, in_index in self._state_pairs:  # allocate_tensors() leaves memory as it was: state starts at zero
+            self._interpreter.tensor(in_index)().fill(0)
         self.head = self._classify_head(outputs)
         if self.head == HEAD_POSTPROCESS:
             self._setup_postprocess(outputs)
