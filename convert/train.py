@@ -107,12 +107,19 @@ def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return total, box_loss, class_loss
 
-    @tf.function
     def step(images, targets):
         per_replica = strategy.run(replica_step, args=(images, targets))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for v in per_replica)
 
-    return step
+    if strategy.num_replicas_in_sync > 1:  # distributed batches are PerReplica values: let TF trace them
+        return tf.function(step)
+    # One graph for every batch size (tracing the backward pass of MobileNetV2 costs many seconds, and
+    # the batch-size search would otherwise trace once per size).
+    size, num_anchors = model.input_shape[1:3], int(model.outputs[0].shape[1])
+    signature = [tf.TensorSpec((None, *size, 3), tf.float32),
+                 {"box_targets": tf.TensorSpec((None, num_anchors, 4), tf.float32),
+                  "class_targets": tf.TensorSpec((None, num_anchors), tf.int32)}]
+    return tf.function(step, input_signature=signature)
 
 
 def predict(model, config: SSDConfig, dataset, batch_size: int = 16, score_threshold: float = 0.01,
@@ -236,7 +243,7 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     if resume and manager.latest_checkpoint:
         try:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        except (AssertionError, ValueError, IndexError, tf.errors.OpError) as exc:
             raise EdgeError(f"--resume {manager.latest_checkpoint}: cannot restore ({str(exc).splitlines()[0]})") from None
         if (run_dir / HISTORY_NAME).is_file():
             history = json.loads((run_dir / HISTORY_NAME).read_text()).get("epochs", [])
@@ -357,8 +364,9 @@ def load_trained_model(run_dir):
     except (AssertionError, ValueError) as exc:
         raise EdgeError(f"{latest}: checkpoint does not match {run_dir / CONFIG_NAME} "
                         f"({str(exc).splitlines()[0][:200]})") from None
-    except tf.errors.OpError as exc:
-        raise EdgeError(f"{latest}: unreadable checkpoint ({exc.message.splitlines()[0][:200]})") from None
+    except (tf.errors.OpError, IndexError, OSError) as exc:  # truncated/garbled files: IndexError from the reader
+        message = getattr(exc, "message", None) or str(exc)
+        raise EdgeError(f"{latest}: unreadable checkpoint ({message.splitlines()[0][:200]})") from None
     return model, config
 
 
