@@ -227,3 +227,28 @@ def test_fpn_model_obeys_the_contract():
     bad.anchors = AnchorConfig.for_input(192)
     with pytest.raises(EdgeError, match="feature map 0 .* anchor config says"):
         build_ssd(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["focal", "hard_negatives"])
+def test_losses_reward_correct_predictions(kind):
+    from convert.losses import LossConfig, detection_loss
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    cls_t = np.zeros((2, 50), np.int32)
+    cls_t[:, :3] = [1, 2, IGNORE]
+    box_t = np.random.default_rng(0).normal(size=(2, 50, 4)).astype(np.float32)
+    right = np.where(np.eye(3)[np.maximum(cls_t, 0)] > 0, 6.0, -6.0).astype(np.float32)
+    wrong = -right
+    cfg = LossConfig(classification=kind)
+    good = [float(v) for v in detection_loss(box_t, cls_t, box_t, right, cfg)]
+    bad = [float(v) for v in detection_loss(box_t, cls_t, np.zeros_like(box_t), wrong, cfg)]
+    assert good[1] == 0.0 and bad[1] > 0.5  # box loss only on positives, zero when exact
+    assert good[2] < 0.01 < bad[2]
+    assert bad[0] == pytest.approx(bad[1] + bad[2], rel=1e-6)
+    # Ignored anchors cost nothing whatever they predict.
+    flipped = right.copy()
+    flipped[:, 2] = -flipped[:, 2]
+    assert float(detection_loss(box_t, cls_t, box_t, flipped, cfg)[2]) == pytest.approx(good[2], abs=1e-6)
+    del tf
