@@ -31,6 +31,43 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 KB = 1024
 
 
+def plot(frames: np.ndarray, rss: np.ndarray, slope: float, title: str, path: Path) -> None:
+    """RSS change (KB) over frames with the least-squares line; skipped, saying why, without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        print(f"plot skipped: matplotlib is not installed ({exc})", file=sys.stderr)
+        return
+    change = (rss - rss[0]) / KB
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.plot(frames, change, lw=1, color="tab:green", label=f"RSS, sampled every {int(frames[1] - frames[0])} frames")
+    ax.plot(frames, (frames - frames[0]) * slope / KB, lw=1, ls="--", color="black",
+            label=f"least squares: {slope:+.3f} B/frame")
+    span = max(64.0, float(np.abs(change).max()) * 1.2)  # at least +-64 KB, so a flat line looks flat
+    ax.set_ylim(-span, span)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("RSS change (KB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replot(out: Path, name: str) -> int:
+    """Redraw the PNG from the committed JSON and samples CSV (no run)."""
+    result = json.loads((out / f"{name}.json").read_text())
+    samples = np.loadtxt(out / f"{name}_samples.csv", delimiter=",", skiprows=1, dtype=np.int64)
+    plot(samples[:, 0], samples[:, 1], result["rss"]["slope_bytes_per_frame"],
+         f"{result['model']}, our pipeline: RSS over {result['frames']:,} frames", out / f"{name}.png")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=FIXTURES / "models" / "ssd_mobilenet_v1_coco_quant.tflite")
@@ -42,7 +79,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="bench_rss_slope")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON and CSV")
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.out, args.name)
 
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rss_every=args.every)
@@ -89,26 +129,8 @@ def main() -> int:
           f"{rss[-1] / 2**20:.1f} MB (max {rss.max() / 2**20:.1f}); slope {run.rss.slope():+.3f} B/frame "
           f"(second half {'-' if second_half_slope is None else f'{second_half_slope:+.3f}'}); heap growth {run.memory['growth_bytes_per_frame']} B/frame, "
           f"transient {run.memory['transient_median_bytes']:.0f} B/frame")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(9, 3.4))
-        ax.plot(frames, (rss - rss[0]) / KB, lw=1, color="tab:green")
-        fit = np.polyval(np.polyfit(frames, rss.astype(np.float64), 1), frames)
-        ax.plot(frames, (fit - rss[0]) / KB, lw=1, ls="--", color="black",
-                label=f"least squares: {run.rss.slope():+.2f} B/frame")
-        ax.set_xlabel("frame")
-        ax.set_ylabel("RSS change (KB)")
-        ax.set_title(f"{args.model.name}, our pipeline: RSS over {run.frames:,} frames", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.out / f"{args.name}.png", dpi=110)
-    except ImportError as exc:
-        print(f"plot skipped: matplotlib is not installed ({exc})", file=sys.stderr)
+    plot(frames, rss, run.rss.slope(), f"{args.model.name}, our pipeline: RSS over {run.frames:,} frames",
+         args.out / f"{args.name}.png")
     return 0
 
 

@@ -29,13 +29,15 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--mem-frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--traced-warmup", type=int, default=400,
+                        help="traced frames before recording: one respawn of each of up to 4 shapes (90 frames each)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="bench_synthetic")
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
-                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
+                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds, traced_warmup=args.traced_warmup)
     report = run_bench(settings)
     report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     print(format_summary(report))

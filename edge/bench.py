@@ -75,6 +75,7 @@ class BenchSettings:
     runtime: str | None = None
     score_threshold: float = 0.5
     rss_every: int = 10
+    traced_warmup: int = TRACED_WARMUP  # frames run under tracing before recording (see FrameMemoryProbe.run)
     rounds: int = 10  # timed frames of bare, ours and usual alternate in this many rounds
     usual: bool = True
     labels: Path | None = None
@@ -93,6 +94,8 @@ class BenchSettings:
             raise EdgeError(f"--mem-frames {self.mem_frames}: must be at least 1")
         if self.rss_every < 1:
             raise EdgeError(f"--rss-every {self.rss_every}: must be at least 1")
+        if self.traced_warmup < 0:
+            raise EdgeError(f"--traced-warmup {self.traced_warmup}: must be 0 or more")
         if self.rounds < 1:
             raise EdgeError(f"--rounds {self.rounds}: must be at least 1")
         if self.threads is not None and self.threads < 1:
@@ -106,7 +109,7 @@ class BenchSettings:
         return {"models": [str(m) for m in self.models], "source": self.source, "frames": self.frames,
                 "warmup": self.warmup, "mem_frames": self.traced_frames, "threads": self.threads,
                 "runtime": self.runtime, "score_threshold": self.score_threshold, "rss_every": self.rss_every,
-                "rounds": self.rounds, "usual": self.usual}
+                "rounds": self.rounds, "traced_warmup": self.traced_warmup, "usual": self.usual}
 
 
 # ---- progress -------------------------------------------------------------------------------------
@@ -393,14 +396,19 @@ def _timed_chunk(run: PipelineRun, loop, frames: int, progress: Progress) -> Non
     run.dropped += loop.dropped - dropped_before
 
 
-def _traced(run: PipelineRun, loop, frames: int, progress: Progress) -> None:
-    """``frames`` frames under :class:`FrameMemoryProbe` (after :data:`TRACED_WARMUP` traced warm-up frames)."""
+def _traced(run: PipelineRun, loop, frames: int, progress: Progress, warmup: int = TRACED_WARMUP) -> None:
+    """``frames`` frames under :class:`FrameMemoryProbe` after ``warmup`` traced, unrecorded frames.
+
+    The warm-up must cover every object a step replaces from time to time: those made before
+    tracing began read as growth when first replaced (the synthetic source respawns one of its
+    up to 4 shapes every 90 frames, so it needs ~360).
+    """
     progress.describe(f"{run.name}: traced")
     probe = FrameMemoryProbe(frames, rss_every=run.rss.every)
     scratch = StageTimes(run.times.stages, capacity=64)
     traced_times = resident_stage_times(run.times.stages, frames)
     with probe:
-        for _ in range(TRACED_WARMUP):
+        for _ in range(warmup):
             loop.frame(scratch)
         begin, end = probe.begin, probe.end
         for i in range(frames):
@@ -526,7 +534,7 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
             for run, loop in pipelines:
                 _timed_chunk(run, loop, chunk, progress)
         for run, loop in pipelines[1:]:
-            _traced(run, loop, settings.traced_frames, progress)
+            _traced(run, loop, settings.traced_frames, progress, settings.traced_warmup)
         ours_loop.close()
         result["live_loop"] = _live_loop_check(detector, settings, progress)
     finally:

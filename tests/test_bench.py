@@ -86,7 +86,7 @@ def test_report_without_matplotlib_says_why(report, tmp_path, monkeypatch):
 
 def test_cli_bench_writes_json_and_report(ssd_model_path, tmp_path, capsys):
     code = cli.main(["bench", str(ssd_model_path), "--source", "synthetic:160x120", "--frames", "8",
-                     "--warmup", "2", "--mem-frames", "6", "--threads", "2", "--rounds", "1", "--no-progress",
+                     "--warmup", "2", "--mem-frames", "6", "--traced-warmup", "5", "--threads", "2", "--rounds", "1", "--no-progress",
                      "--json", str(tmp_path / "b.json"), "--report", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=50, help="warm-up frames per pipeline (default: 50)")
     parser.add_argument("--mem-frames", type=int, default=None,
                         help="frames measured under tracemalloc per pipeline (default: same as --frames)")
+    parser.add_argument("--traced-warmup", type=int, default=None,
+                        help="frames run under tracemalloc before recording (default: 30; 400 for synthetic sources, "
+                             "whose shapes respawn every 90 frames)")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
@@ -41,6 +44,10 @@ def main(args: argparse.Namespace) -> int:
                              mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
                              score_threshold=args.score, rss_every=args.rss_every, rounds=args.rounds, usual=not args.no_usual,
                              labels=args.labels)
+    if args.traced_warmup is not None:
+        settings.traced_warmup = args.traced_warmup
+    elif args.source.startswith("synthetic"):
+        settings.traced_warmup = 400
     report = run_bench(settings, progress=not args.no_progress)
     print(format_summary(report))
     if args.json_path:
