@@ -220,11 +220,14 @@ class Detector:
         mul_x, add_x, mul_y, add_y = self.buffer.box_transform
         frame_h, frame_w = self.buffer.frame_size
         xyxy, yxyx = det._xyxy[:count], self._yxyx[:count]
+        # normalised yxyx in the model input -> pixel xyxy in the frame, clipped to it
         for col, src, mul, add, limit in ((0, 1, mul_x, add_x, frame_w), (1, 0, mul_y, add_y, frame_h),
                                           (2, 3, mul_x, add_x, frame_w), (3, 2, mul_y, add_y, frame_h)):
             np.multiply(yxyx[:, src], mul, out=xyxy[:, col])
             xyxy[:, col] += add
-            np.clip(xyxy[:, col], 0.0, limit, out=xyxy[:, col])
+            # ufuncs rather than np.clip, whose dispatch caches grow for thousands of calls
+            np.maximum(xyxy[:, col], 0.0, out=xyxy[:, col])
+            np.minimum(xyxy[:, col], limit, out=xyxy[:, col])
         det.count = count
         return det
 

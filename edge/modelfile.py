@@ -9,6 +9,7 @@ runtime, including tflite-runtime, which ships no generated schema.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def read_tflite(path: str | Path) -> TFLiteFile:
             index = _scalar(entry, _METADATA_BUFFER, N.Uint32Flags, 0)
             if index < len(buffers):
                 metadata[name] = _buffer_bytes(buffers[index], buf)
-    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
         raise EdgeError(f"{path}: corrupt TFLite flatbuffer ({exc})") from None
     return TFLiteFile(path=path, operators=operators, metadata=metadata)
 

@@ -9,6 +9,7 @@ on the fixture int8 SSD (2 x86 cores) LiteRT 2.3 invokes in ~17 ms and tflite-ru
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,18 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def _numpy_conflict(name: str) -> str | None:
+    """tflite-runtime 2.14 imports under NumPy 2 but its interpreter then fails with SystemError."""
+    if name != "tflite-runtime" or importlib.util.find_spec("tflite_runtime") is None:
+        return None
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) < 2 or not _version("tflite-runtime").startswith("2.1"):
+        return None
+    return (f"tflite-runtime {_version('tflite-runtime')} was compiled against NumPy 1.x and cannot run under "
+            f"NumPy {numpy.__version__}: pip install 'numpy<2' (edgekit[legacy] pins it) or use ai-edge-litert")
+
+
 def _interpreter_class(name: str):
     module_name, _ = RUNTIMES[name]
     if name == "tensorflow":
@@ -90,6 +103,12 @@ def load_interpreter(model_path: str | Path, runtime: str | None = None, num_thr
     candidates = [runtime] if runtime else list(RUNTIMES)
     errors = []
     for name in candidates:
+        conflict = _numpy_conflict(name)
+        if conflict:
+            if runtime:
+                raise EdgeError(f"--runtime {runtime}: {conflict}")
+            errors.append(conflict)
+            continue
         try:
             interpreter_class = _interpreter_class(name)
         except ImportError as exc:
@@ -97,13 +116,16 @@ def load_interpreter(model_path: str | Path, runtime: str | None = None, num_thr
             continue
         try:
             interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, SystemError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgeError(f"{model_path}: the {name} interpreter cannot load it ({first_line})") from None
         info = RuntimeInfo(name, _version(RUNTIMES[name][1]), threads, SLOW_RUNTIME_NOTE.get(name))
         return interpreter, info
     if runtime:
         raise EdgeError(f"--runtime {runtime}: not installed ({errors[0]})")
+    conflicts = [e for e in errors if "NumPy" in e]
+    if conflicts:
+        raise EdgeError(conflicts[0])
     raise EdgeError(
         "no TFLite runtime found: pip install ai-edge-litert (or edgekit[legacy] for tflite-runtime)"
     )

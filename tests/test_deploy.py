@@ -293,10 +293,6 @@ def test_trainer_install_keeps_the_installed_tensorflow(tmp_path, build_context)
 # ---------------------------------------------------------------- the legacy runtime under NumPy 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edge/runtime.py: tflite-runtime 2.14 imports under NumPy 2 but its interpreter raises SystemError "
-    "(after NumPy's 'compiled using NumPy 1.x' banner), which escapes as a traceback; expected one "
-    "`edge: error:` line saying numpy<2 or ai-edge-litert. Drop this marker when runtime.py checks it."))
 def test_tflite_runtime_under_numpy_2_fails_with_one_clear_line(build_context, tmp_path, ssd_model_path):
     """The classic board mistake: `pip install tflite-runtime` next to NumPy 2 (pip allows it)."""
     venv = tmp_path / "legacy"
