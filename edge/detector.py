@@ -240,9 +240,10 @@ class Detector:
     def _copy_postprocess_outputs(self) -> int:
         det, fns = self.detections, self._tensor_fns
         count = min(int(fns["count"]()[0]), det.capacity)
-        np.copyto(self._yxyx, fns["boxes"]()[0])
-        np.copyto(det._scores, fns["scores"]()[0])
-        np.copyto(det._class_ids, fns["classes"]()[0], casting="unsafe")
+        # Only the first `count` rows are defined: the op leaves the rest uninitialised (NaN seen).
+        np.copyto(self._yxyx[:count], fns["boxes"]()[0, :count])
+        np.copyto(det._scores[:count], fns["scores"]()[0, :count])
+        np.copyto(det._class_ids[:count], fns["classes"]()[0, :count], casting="unsafe")
         # Post-process outputs come best-first; keep the prefix above our threshold.
         np.greater_equal(det._scores[:count], self.score_threshold, out=self._keep[:count])
         kept = int(np.count_nonzero(self._keep[:count]))
