@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report  # noqa: E402
+from edge.bench import BenchSettings, run_and_write  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
@@ -35,14 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
-    report = run_bench(settings)
-    report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
-    print(format_summary(report))
-    write_json(report, args.out / f"{args.name}.json")
-    md, plots, note = write_report(report, args.out, args.name)
-    print(f"wrote {args.out / (args.name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
-    if note:
-        print(note, file=sys.stderr)
+    run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report  # noqa: E402
+from edge.bench import BenchSettings, run_and_write  # noqa: E402
 
 FIXTURE_MODEL = ROOT.parent / "shared" / "fixtures" / "models" / "ssd_mobilenet_v1_coco_quant.tflite"
 DEMO_MODEL = ROOT / "edge" / "models" / "demo_ssd_int8.tflite"
@@ -38,14 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds, traced_warmup=args.traced_warmup)
-    report = run_bench(settings)
-    report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
-    print(format_summary(report))
-    write_json(report, args.out / f"{args.name}.json")
-    md, plots, note = write_report(report, args.out, args.name)
-    print(f"wrote {args.out / (args.name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
-    if note:
-        print(note, file=sys.stderr)
+    run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report  # noqa: E402
+from edge.bench import BenchSettings, run_and_write  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
 
 
@@ -38,17 +38,10 @@ def main() -> int:
     settings = BenchSettings(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds, traced_warmup=args.traced_warmup)
     try:
-        report = run_bench(settings)
+        run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
     except EdgeError as exc:
         print(f"bench_variants: error: {exc}", file=sys.stderr)
         return 2
-    report["command"] = "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
-    print(format_summary(report))
-    write_json(report, args.out / f"{args.name}.json")
-    md, plots, note = write_report(report, args.out, args.name)
-    print(f"wrote {args.out / (args.name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
-    if note:
-        print(note, file=sys.stderr)
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.runtime import tensor_bytes as interpreter_tensor_bytes
 from edge.memory import peak_rss_bytes, rss_bytes
 from edge.memprofile import TRACED_WARMUP, FrameMemoryProbe, RssSampler
 from edge.stats import STAGES, StageTimes
@@ -258,28 +259,14 @@ class _OursLoop:
         self.sinks: list = []
 
     def frame(self, times: StageTimes) -> bool:
-        clock, capture, detector = time.perf_counter, self.capture, self.detector
-        t0 = clock()
+        capture, detector = self.capture, self.detector
+        t0 = time.perf_counter()
         got = capture.get(GET_TIMEOUT)
         if got is None:
             return False
         slot, frame = got[0], got[1]
-        t1 = clock()
-        detector.preprocess(frame)
-        t2 = clock()
-        detector.invoke()
-        t3 = clock()
-        detections = detector.postprocess()
-        t4 = clock()
-        for sink in self.sinks:
-            sink(frame, detections)
-        t5 = clock()
+        _timed_stages(detector, frame, self.sinks, times, t0)
         capture.release(slot)
-        times.record("capture_wait", t1 - t0)
-        times.record("preprocess", t2 - t1)
-        times.record("invoke", t3 - t2)
-        times.record("postprocess", t4 - t3)
-        times.record("sinks", t5 - t4)
         return True
 
     @property
@@ -288,6 +275,30 @@ class _OursLoop:
 
     def close(self) -> None:
         self.capture.stop()
+
+
+def _timed_stages(pipeline, frame, sinks: list, times: StageTimes, t0: float) -> None:
+    """One frame through ``pipeline``'s preprocess/invoke/postprocess and the sinks, each stage timed.
+
+    Both pipelines go through this very function, so their timings are taken the same way;
+    ``t0`` is when the wait for ``frame`` began.
+    """
+    clock = time.perf_counter
+    t1 = clock()
+    pipeline.preprocess(frame)
+    t2 = clock()
+    pipeline.invoke()
+    t3 = clock()
+    results = pipeline.postprocess()
+    t4 = clock()
+    for sink in sinks:
+        sink(frame, results)
+    t5 = clock()
+    times.record("capture_wait", t1 - t0)
+    times.record("preprocess", t2 - t1)
+    times.record("invoke", t3 - t2)
+    times.record("postprocess", t4 - t3)
+    times.record("sinks", t5 - t4)
 
 
 class _UsualLoop:
@@ -300,26 +311,12 @@ class _UsualLoop:
         self.dropped = 0
 
     def frame(self, times: StageTimes) -> bool:
-        clock, usual = time.perf_counter, self.usual
-        t0 = clock()
+        usual = self.usual
+        t0 = time.perf_counter()
         frame = self.source.read()
         if frame is None:
             return False
-        t1 = clock()
-        usual.preprocess(frame)
-        t2 = clock()
-        usual.invoke()
-        t3 = clock()
-        results = usual.postprocess()
-        t4 = clock()
-        for sink in self.sinks:
-            sink(frame, results)
-        t5 = clock()
-        times.record("capture_wait", t1 - t0)
-        times.record("preprocess", t2 - t1)
-        times.record("invoke", t3 - t2)
-        times.record("postprocess", t4 - t3)
-        times.record("sinks", t5 - t4)
+        _timed_stages(usual, frame, self.sinks, times, t0)
         return True
 
     def close(self) -> None:
@@ -460,11 +457,7 @@ def interpreter_memory(model: Path, runtime: str | None, threads: int | None):
     except (RuntimeError, ValueError) as exc:
         raise EdgeError(f"{model}: cannot allocate tensors ({exc})") from None
     rss2 = rss_bytes()
-    tensor_bytes = 0
-    for d in interpreter.get_tensor_details():
-        shape = d["shape"]
-        if len(shape):
-            tensor_bytes += int(np.prod(shape)) * np.dtype(d["dtype"]).itemsize
+    tensor_bytes = interpreter_tensor_bytes(interpreter)
     return interpreter, runtime_info, {
         "rss_interpreter_bytes": rss1 - rss0,
         "rss_allocate_tensors_bytes": rss2 - rss1,
@@ -927,3 +920,16 @@ def write_report(report: dict, directory: Path, stem: str = "bench") -> tuple[Pa
     md_path = directory / f"{stem}.md"
     atomic_write(md_path, format_markdown(report, [str(p) for p in plots], note))
     return md_path, plots, note
+
+
+def run_and_write(settings: "BenchSettings", out_dir: Path, name: str, command: str) -> dict:
+    """Run, print the table, write ``NAME.json`` + markdown (+ plots) under ``out_dir``; for benchmarks/."""
+    report = run_bench(settings)
+    report["command"] = command
+    print(format_summary(report))
+    write_json(report, out_dir / f"{name}.json")
+    md, plots, note = write_report(report, out_dir, name)
+    print(f"wrote {out_dir / (name + '.json')}, {md}" + "".join(f", {p}" for p in plots))
+    if note:
+        print(note, file=sys.stderr)
+    return report

@@ -129,3 +129,15 @@ def load_interpreter(model_path: str | Path, runtime: str | None = None, num_thr
     raise EdgeError(
         "no TFLite runtime found: pip install ai-edge-litert (or edgekit[legacy] for tflite-runtime)"
     )
+
+
+def tensor_bytes(interpreter) -> int:
+    """Sum of every tensor's size (weights and activations) after ``allocate_tensors()``, in bytes."""
+    import numpy as np
+
+    total = 0
+    for detail in interpreter.get_tensor_details():
+        shape = detail["shape"]
+        if len(shape):
+            total += int(np.prod(shape)) * np.dtype(detail["dtype"]).itemsize
+    return total

@@ -11,7 +11,7 @@ import numpy as np
 from edge.labels import load_labels
 from edge.memory import rss_bytes
 from edge.modelfile import load_model_info, read_tflite
-from edge.runtime import RUNTIMES, load_interpreter
+from edge.runtime import RUNTIMES, load_interpreter, tensor_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +46,6 @@ def inspect_model(model: Path, labels: Path | None = None, runtime: str | None =
     interpreter, runtime_info = load_interpreter(model, runtime, threads)
     interpreter.allocate_tensors()
     rss_after = rss_bytes()
-    tensor_bytes = 0
-    for d in interpreter.get_tensor_details():
-        shape = d["shape"]
-        if len(shape):
-            tensor_bytes += int(np.prod(shape)) * np.dtype(d["dtype"]).itemsize
     outputs = [_tensor(d) for d in interpreter.get_output_details()]
     label_list = load_labels(labels) if labels else (info.labels if info else [])
     return {
@@ -66,7 +61,7 @@ def inspect_model(model: Path, labels: Path | None = None, runtime: str | None =
         "anchors": info.anchors.to_dict() if info and info.anchors else None,
         "metadata": info.to_dict() if info else None,
         "memory": {"rss_delta_load_and_allocate_bytes": max(0, rss_after - rss_before),
-                   "tensor_bytes": tensor_bytes},
+                   "tensor_bytes": tensor_bytes(interpreter)},
     }
 
 
