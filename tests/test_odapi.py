@@ -128,9 +128,12 @@ def test_graphs_that_are_not_ssds_fail_in_one_line(tmp_path, capsys):
     not_ssd.write_bytes(double.get_concrete_function().graph.as_graph_def().SerializeToString())
     corrupt = tmp_path / "corrupt.pb"
     corrupt.write_bytes(b"\x08\x96\x01 this is not a graph" * 10)
+    calib = tmp_path / "calib"  # valid calibration images, so the graph is what gets refused
+    calib.mkdir()
+    cv2.imwrite(str(calib / "noise.png"), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     for path, expected in ((not_ssd, "not an OD API SSD"), (corrupt, "frozen graph")):
         out = tmp_path / "out.tflite"
-        code = main(["convert", str(path), "-o", str(out), "--calib", str(tmp_path)])
+        code = main(["convert", str(path), "-o", str(out), "--calib", str(calib)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2
         assert len(err) == 1 and err[0].startswith("edge: error:") and expected in err[0], err
