@@ -66,6 +66,29 @@ def test_cli_errors_are_one_line(tmp_path, ssd_model_path):
         assert last.startswith("edge: error: ") and words in last and "Traceback" not in result.stderr
 
 
+def test_model_as_positional_argument_with_letterbox_and_forced_runtime(ssd_model_path, coco_labels_path,
+                                                                         traffic_video, tmp_path):
+    """`edge run model.tflite ...`, as the README's path and `edge bench MODEL` put it."""
+    out_json = tmp_path / "boxes.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", str(ssd_model_path), "--labels", str(coco_labels_path),
+         "--source", str(traffic_video), "--max-frames", "3", "--json", str(out_json), "--resize", "letterbox",
+         "--runtime", "litert", "--stats-every", "0"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"model {ssd_model_path.name}" in result.stderr and "runtime litert" in result.stderr
+    records = [json.loads(line) for line in out_json.read_text().splitlines()]
+    assert len(records) == 3
+    cars = [d for r in records for d in r["detections"] if d["label"] == "car"]
+    assert cars, "letterboxed frames still show the cars"
+    for car in cars:  # boxes are mapped back through the padding into the 960x540 frame
+        x0, y0, x1, y1 = car["box"]
+        assert 0 <= x0 < x1 <= 960 and 0 <= y0 < y1 <= 540
+    both = subprocess.run([sys.executable, "-m", "edge.cli", "run", str(ssd_model_path), "--model", "other.tflite"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "two models given" in both.stderr.strip().splitlines()[-1]
+
+
 class _TracedWindow(Sink):
     """Starts tracemalloc after ``start`` frames and reads it ``frames`` frames later."""
 

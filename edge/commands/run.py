@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edge.buffer import LETTERBOX, STRETCH
 from edge.errors import EdgeError
+from edge.runtime import RUNTIMES
 from edge.sources import DEFAULT_STALL_TIMEOUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_path", nargs="?", metavar="MODEL", help="detector .tflite (same as --model)")
     parser.add_argument("--model", help="detector .tflite (default: the bundled demo model, synthetic shapes)")
     parser.add_argument("--labels", help="labels file, one per line (default: the model's own labels)")
     parser.add_argument("--source", default="synthetic",
@@ -33,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"reopen a source that gives no frame for S seconds (default {DEFAULT_STALL_TIMEOUT:g})")
     parser.add_argument("--threads", type=int, metavar="N", help="interpreter threads (default: all cores)")
     parser.add_argument("--score", type=float, default=0.5, metavar="S", help="minimum score (default 0.5)")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime (default: the first found)")
+    parser.add_argument("--resize", choices=[STRETCH, LETTERBOX], help="how frames fit the input (default: the model's)")
     parser.add_argument("--stats-every", type=float, default=5.0, metavar="S",
                         help="seconds between stats lines on stderr (0: none; default 5)")
 
@@ -56,9 +61,12 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError(f"--threads {args.threads}: must be at least 1")
     if args.token and not args.preview:
         raise EdgeError("--token is for the preview page: add --preview [HOST:]PORT")
+    if args.model_path and args.model and args.model_path != args.model:
+        raise EdgeError(f"two models given: {args.model_path} and --model {args.model}; give one")
     bind = parse_bind(args.preview) if args.preview else None
 
-    detector = Detector(args.model, labels=args.labels, score_threshold=args.score, num_threads=args.threads)
+    detector = Detector(args.model_path or args.model, labels=args.labels, score_threshold=args.score,
+                        num_threads=args.threads, runtime=args.runtime, resize=args.resize)
     _log(f"model {detector.describe()}")
     if detector.runtime_info.note:
         _log(f"note: {detector.runtime_info.note}")
