@@ -115,18 +115,22 @@ class FrameBuffer:
         self.box_transform = (0.0, 0.0, 0.0, 0.0)  # mul_x, add_x, mul_y, add_y
         self.frame_size = (0, 0)  # (height, width) of the last frame written
 
-    def _configure(self, frame: np.ndarray) -> None:
-        """Geometry and the resize buffer for a new frame size or channel count."""
-        frame_h, frame_w = frame.shape[:2]
-        channels = 1 if frame.ndim == 2 else frame.shape[2]
+    def _fit_for(self, frame_h: int, frame_w: int) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1) of a frame_h x frame_w frame inside the model input."""
         if self.mode == LETTERBOX:
             scale = min(self.width / frame_w, self.height / frame_h)
             fit_w = max(1, min(self.width, round(frame_w * scale)))
             fit_h = max(1, min(self.height, round(frame_h * scale)))
             y0, x0 = (self.height - fit_h) // 2, (self.width - fit_w) // 2
-        else:
-            fit_w, fit_h, y0, x0 = self.width, self.height, 0, 0
-        self._fit = (y0, x0, y0 + fit_h, x0 + fit_w)
+            return y0, x0, y0 + fit_h, x0 + fit_w
+        return 0, 0, self.height, self.width
+
+    def _configure(self, frame_shape: tuple) -> None:
+        """Geometry and the resize buffer for a new frame size or channel count."""
+        frame_h, frame_w = frame_shape[:2]
+        channels = 1 if len(frame_shape) == 2 else frame_shape[2]
+        y0, x0, y1, x1 = self._fit = self._fit_for(frame_h, frame_w)
+        fit_h, fit_w = y1 - y0, x1 - x0
         self._color_code = _COLOR_CODES[(channels, self.color)]
         resized_shape = (fit_h, fit_w) if channels == 1 else (fit_h, fit_w, channels)
         if self._color_code is None:
@@ -139,20 +143,76 @@ class FrameBuffer:
             self.height * frame_h / fit_h, -y0 * frame_h / fit_h,
         )
         self.frame_size = (frame_h, frame_w)
-        self._frame_shape = frame.shape
+        self._frame_shape = tuple(frame_shape)
 
-    def write(self, frame: np.ndarray) -> None:
-        """Resize, colour-convert and encode ``frame`` into the model input tensor."""
+    @staticmethod
+    def _checked(frame: np.ndarray) -> np.ndarray:
+        """``frame`` as HxW, HxWx3 or HxWx4 uint8, or BadFrameError."""
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.size == 0:
             raise BadFrameError("frame must be a non-empty uint8 image array")
         if frame.ndim == 3 and frame.shape[2] == 1:
             frame = frame.reshape(frame.shape[:2]) if frame.flags.c_contiguous else frame[:, :, 0]
         if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
             raise BadFrameError(f"frame shape {frame.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+        return frame
+
+    def write(self, frame: np.ndarray) -> None:
+        """Resize, colour-convert and encode ``frame`` into the model input tensor."""
+        frame = self._checked(frame)
         if frame.shape != self._frame_shape:
-            self._configure(frame)
+            self._configure(frame.shape)
         y0, x0, y1, x1 = self._fit
-        size = (x1 - x0, y1 - y0)
+        if self._color_code is None and self.encoding.kind != "affine":
+            # The frame's channels are the model's: resize straight into the tensor.
+            tensor = self._tensor()[0]
+            target = tensor.view(np.uint8) if self.encoding.kind == "xor" else tensor
+            if self.mode == LETTERBOX:
+                self._fill_padding(target)
+            pixels = target[y0:y1, x0:x1]
+            cv2.resize(frame, (x1 - x0, y1 - y0), dst=pixels, interpolation=cv2.INTER_LINEAR)
+            if self.encoding.kind == "xor":
+                np.bitwise_xor(pixels, 0x80, out=pixels)
+            del tensor, target, pixels  # no view of the interpreter's memory may outlive this call
+            return
+        resized = self._resized if self._resized is not None else self._staging[y0:y1, x0:x1]
+        cv2.resize(frame, (x1 - x0, y1 - y0), dst=resized, interpolation=cv2.INTER_LINEAR)
+        self._commit(resized)
+
+    def resize(self, frame: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+        """``frame`` resized to the part of the input it will fill, still in its own channels.
+
+        The first half of :meth:`write`, safe to run on another thread (it reads only settings
+        fixed at construction): the capture thread calls it on each frame while the decoded frame is
+        still in its CPU's cache, and :meth:`write_resized` finishes the job. ``dst`` is reused when
+        its shape fits; a new array is returned only for a new frame size or channel count.
+        """
+        frame = self._checked(frame)
+        y0, x0, y1, x1 = self._fit_for(frame.shape[0], frame.shape[1])
+        shape = (y1 - y0, x1 - x0) + frame.shape[2:]
+        if dst is None or dst.shape != shape or dst.dtype != np.uint8:
+            dst = np.empty(shape, np.uint8)
+        cv2.resize(frame, (x1 - x0, y1 - y0), dst=dst, interpolation=cv2.INTER_LINEAR)
+        return dst
+
+    def write_resized(self, resized: np.ndarray, frame_shape: tuple) -> None:
+        """Colour-convert and encode the output of :meth:`resize` for a frame of ``frame_shape``.
+
+        Leaves the tensor exactly as :meth:`write` on that frame would.
+        """
+        frame_shape = tuple(frame_shape)
+        if len(frame_shape) == 3 and frame_shape[2] == 1:
+            frame_shape = frame_shape[:2]
+        if frame_shape != self._frame_shape:
+            self._configure(frame_shape)
+        y0, x0, y1, x1 = self._fit
+        if resized.shape[:2] != (y1 - y0, x1 - x0) or resized.shape[2:] != frame_shape[2:]:
+            raise BadFrameError(f"resized frame {resized.shape} does not fit a {frame_shape} frame "
+                                f"in a {self.width}x{self.height} input")
+        self._commit(resized)
+
+    def _commit(self, resized: np.ndarray) -> None:
+        """Resized pixels (frame channel order) -> the input tensor: colour order, padding, encoding."""
+        y0, x0, y1, x1 = self._fit
         tensor = self._tensor()[0]
         target = tensor.view(np.uint8) if self.encoding.kind == "xor" else tensor
         if self.mode == LETTERBOX:
@@ -160,10 +220,10 @@ class FrameBuffer:
         pixels = self._staging if self._staging is not None else target
         pixels = pixels[y0:y1, x0:x1]
         if self._color_code is None:
-            cv2.resize(frame, size, dst=pixels, interpolation=cv2.INTER_LINEAR)
+            if not np.may_share_memory(resized, pixels):  # else write() resized into place
+                np.copyto(pixels, resized)
         else:
-            cv2.resize(frame, size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
-            cv2.cvtColor(self._resized, self._color_code, dst=pixels)
+            cv2.cvtColor(resized, self._color_code, dst=pixels)
         if self.encoding.kind == "xor":
             np.bitwise_xor(pixels, 0x80, out=pixels)
         elif self.encoding.kind == "affine":

@@ -40,10 +40,16 @@ class CaptureCounters:
 
 
 class FrameRing:
-    """``RING_SLOTS`` frames, each FREE, WRITING (reader), READY (newest) or HELD (detector)."""
+    """``RING_SLOTS`` frames, each FREE, WRITING (reader), READY (newest) or HELD (detector).
+
+    ``resized[i]`` is frame ``i`` already resized to the model input (when the capture was given a
+    ``prepare`` function), valid when ``resized_ok[i]``.
+    """
 
     def __init__(self, slots: int = RING_SLOTS) -> None:
         self.frames: list[np.ndarray | None] = [None] * slots
+        self.resized: list[np.ndarray | None] = [None] * slots
+        self.resized_ok = [False] * slots
         self.state = [FREE] * slots
         self.seq = [0] * slots
         self.stamp = [0.0] * slots
@@ -53,11 +59,16 @@ class Capture:
     """Runs ``source.read()`` on a thread; :meth:`get` returns the newest unseen frame.
 
     ``log`` receives one-line messages about stalls and reconnects (the CLI prints them).
+    ``prepare(frame, previous) -> resized`` (e.g. ``FrameBuffer.resize``) runs on the capture thread
+    right after each frame is read, while the frame is still in that CPU's cache; the detector then
+    finds the result through :meth:`resized` and only colour-converts it into its input tensor.
     """
 
     def __init__(self, source: Source, *, stall_timeout: float = 5.0, log: Callable[[str], None] | None = None,
-                 backoff: tuple[float, float] = (BACKOFF_START, BACKOFF_MAX)) -> None:
+                 backoff: tuple[float, float] = (BACKOFF_START, BACKOFF_MAX),
+                 prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None) -> None:
         self.source = source
+        self._prepare = prepare
         self.live = bool(source.live)
         self.stall_timeout = float(stall_timeout)
         self.counters = CaptureCounters()
@@ -139,6 +150,11 @@ class Capture:
             self._latest = -1
             self._cond.notify_all()  # a non-live reader may be waiting for the frame to be taken
             return slot, ring.frames[slot], ring.seq[slot], ring.stamp[slot]
+
+    def resized(self, slot: int) -> np.ndarray | None:
+        """The held frame's ``prepare`` output, or None (no ``prepare``, or it refused the frame:
+        the detector's own path then meets the frame and reports what is wrong with it)."""
+        return self._ring.resized[slot] if self._ring.resized_ok[slot] else None
 
     def release(self, slot: int) -> None:
         with self._cond:
@@ -263,10 +279,18 @@ class Capture:
             # Only on the first frame or a frame-size change.
             target = ring.frames[slot] = np.empty(frame.shape, frame.dtype)
         np.copyto(target, frame)
+        resized_ok = False
+        if self._prepare is not None:
+            try:
+                ring.resized[slot] = self._prepare(target, ring.resized[slot])
+                resized_ok = True
+            except Exception:  # a bad frame: the detector thread counts it when it gets there
+                pass
         with self._cond:
             if not self._current(generation):
                 ring.state[slot] = FREE
                 return
+            ring.resized_ok[slot] = resized_ok
             if self._latest >= 0:  # the detector never took it: a newer frame wins
                 ring.state[self._latest] = FREE
                 self.counters.frames_dropped += 1

@@ -203,8 +203,13 @@ class Detector:
 
     # ---- per frame ----------------------------------------------------------------------------
 
-    def preprocess(self, frame: np.ndarray) -> None:
-        self.buffer.write(frame)
+    def preprocess(self, frame: np.ndarray, resized: np.ndarray | None = None) -> None:
+        """``frame`` into the input tensor; ``resized``: ``self.buffer.resize(frame)`` made beforehand
+        (the capture thread does it), leaving only colour order and encoding to do here."""
+        if resized is None:
+            self.buffer.write(frame)
+        else:
+            self.buffer.write_resized(resized, frame.shape)
 
     def invoke(self) -> None:
         self._interpreter.invoke()

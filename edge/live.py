@@ -5,8 +5,8 @@ Usable without the CLI::
     loop = LiveLoop(Detector(model), open_source("synthetic"), [JsonLinesSink("-")], max_frames=300)
     summary = loop.run()
 
-Capture overlaps with inference (:mod:`edge.capture` reads the next frame on its own thread while
-``invoke()`` runs). Per frame the loop allocates nothing frame-sized: the capture ring, the input
+Capture overlaps with inference (:mod:`edge.capture` reads and resizes the next frame on its own
+thread while ``invoke()`` runs). Per frame the loop allocates nothing frame-sized: the capture ring, the input
 tensor, the detections and the annotated copy are all reused. :meth:`LiveLoop.stop` (and SIGINT /
 SIGTERM, see :meth:`LiveLoop.install_signal_handlers`) finishes the current frame, closes the sinks
 and returns the summary.
@@ -127,7 +127,8 @@ class LiveLoop:
         self.rss_every = rss_every
         self.overlay = overlay
         self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
-        self.capture = Capture(source, stall_timeout=stall_timeout, log=self._log)
+        # The capture thread also resizes each frame for the model, while the frame is in its cache.
+        self.capture = Capture(source, stall_timeout=stall_timeout, log=self._log, prepare=detector.buffer.resize)
         self.times = StageTimes(STAGES)
         self.annotator = Annotator()
         self._annotating_sinks = [s for s in self.sinks if s.needs_annotation]
@@ -232,7 +233,7 @@ class LiveLoop:
                 try:
                     times.record("capture_wait", now - t_prev)
                     try:
-                        detector.preprocess(frame)
+                        detector.preprocess(frame, capture.resized(slot))
                     except BadFrameError as exc:
                         self.bad_frames += 1
                         if self.bad_frames <= 3 or self.bad_frames % 100 == 0:

@@ -122,3 +122,48 @@ def test_encoding_of_google_ssd_quantization_is_within_one_lsb():
     assert enc.kind == "raw"
     enc = InputEncoding.for_tensor(np.uint8, (0.0078125, 100), Normalization())
     assert enc.kind == "affine"
+
+
+_INPUTS = {  # tensor dtype, quantization, colour order: one of each encoding kind
+    "raw-rgb": (np.uint8, (1 / 128, 128), "RGB"),
+    "raw-bgr": (np.uint8, (0.0, 0), "BGR"),
+    "xor": (np.int8, (1 / 128, 0), "RGB"),
+    "affine-uint8": (np.uint8, (0.01, 100), "RGB"),
+    "affine-float-bgr": (np.float32, (0.0, 0), "BGR"),
+}
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
+@pytest.mark.parametrize("kind", list(_INPUTS))
+def test_resize_elsewhere_then_write_resized_equals_write(kind, mode):
+    """The capture thread's half (resize) + the detector's half (write_resized) == write(), bit for bit."""
+    dtype, quantization, color = _INPUTS[kind]
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+              [(120, 200, 3), (90, 60), (120, 200, 4), (33, 47, 1), (120, 200, 3)]]
+    whole = np.zeros((1, 64, 48, 3), dtype)
+    split = np.zeros_like(whole)
+    by_write = FrameBuffer(lambda: whole, whole.shape, dtype, quantization, color=color, mode=mode)
+    by_halves = FrameBuffer(lambda: split, split.shape, dtype, quantization, color=color, mode=mode)
+    resized = None
+    for frame in frames:
+        by_write.write(frame)
+        resized = by_halves.resize(frame, resized)
+        by_halves.write_resized(resized, frame.shape)
+        np.testing.assert_array_equal(split, whole)
+        assert by_halves.box_transform == by_write.box_transform
+        assert by_halves.frame_size == by_write.frame_size == frame.shape[:2]
+
+
+def test_resize_reuses_its_destination_and_refuses_bad_frames():
+    tensor = np.zeros((1, 64, 48, 3), np.uint8)
+    buffer = FrameBuffer(lambda: tensor, tensor.shape, np.uint8, (0.0, 0), mode="letterbox")
+    frame = np.full((120, 200, 3), 9, np.uint8)
+    first = buffer.resize(frame)
+    assert first.shape == (29, 48, 3)  # the letterboxed part only: 200x120 scaled to 48 wide
+    assert buffer.resize(frame, first) is first
+    assert buffer.resize(frame[:, :100], first).shape == (58, 48, 3)  # a new size: a new array
+    with pytest.raises(BadFrameError):
+        buffer.resize(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(BadFrameError, match="does not fit"):
+        buffer.write_resized(first, (60, 200, 3))

@@ -3,6 +3,7 @@ No model here: these are fast."""
 
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.buffer import BadFrameError
 from edge.capture import Capture
 from edge.sources import (ImageFolderSource, SourceError, SyntheticSource, VideoCaptureSource, gstreamer_available,
                           open_source)
@@ -154,3 +156,37 @@ def test_stage_times_percentiles_ring_and_no_allocation():
     finally:
         tracemalloc.stop()
     assert grown < 1024
+
+
+def test_capture_prepares_each_frame_on_its_thread_and_leaves_bad_ones_to_the_detector():
+    """``prepare`` runs on the capture thread into a per-slot buffer; a frame it refuses has no
+    resized copy, so the detector's own path meets it and counts it as bad."""
+    source = SyntheticSource("synthetic", 64, 48, max_frames=12)
+    threads, previous = set(), {}
+
+    def prepare(frame, dst):
+        threads.add(threading.get_ident())
+        return cv2.resize(frame, (16, 12), dst=dst)
+
+    capture = Capture(source, prepare=prepare).start()
+    seen = 0
+    while (item := capture.get(2.0)) is not None:
+        slot, frame = item[0], item[1]
+        resized = capture.resized(slot)
+        np.testing.assert_array_equal(resized, cv2.resize(frame, (16, 12)))
+        key = id(resized)
+        previous.setdefault(slot, key)
+        assert previous[slot] == key, "each slot keeps its one resized buffer"
+        seen += 1
+        capture.release(slot)
+    capture.stop()
+    assert seen == 12 and threading.get_ident() not in threads and len(threads) == 1
+
+    def refuse(frame, dst):
+        raise BadFrameError("frame must be a non-empty uint8 image array")
+
+    refusing = Capture(SyntheticSource("synthetic", 64, 48, max_frames=3), prepare=refuse).start()
+    got = refusing.get(2.0)
+    assert got is not None and refusing.resized(got[0]) is None
+    refusing.release(got[0])
+    refusing.stop()
