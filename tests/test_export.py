@@ -63,10 +63,11 @@ def test_int8_is_small_accurate_and_takes_raw_pixels(int8_model):
     float_entry, int8_entry = report["models"]["float"], report["models"]["int8-ptq"]
     assert float_entry["eval"]["map50"] > 0.15, "the test model must detect something for the comparison to mean anything"
     ratio = int8_entry["stats"]["size_bytes"] / float_entry["stats"]["size_bytes"]
-    # Weights shrink 4x; per-channel scales + int64 zero points and int32 biases of a 0.35-width
-    # MobileNet keep the whole file near 0.4 of float (see the benchmark for wider models).
-    assert ratio <= 0.42, ratio
-    assert report["map_drop"]["map50_points"] <= 1.5, report["map_drop"]
+    # Weights shrink 4x, but each output channel's float32 scale + int64 zero point (kernel and
+    # bias) and its int32 bias do not: measured 0.390 for this 0.35-width model, 0.307 at width 1.0
+    # (benchmarks/int8_size_by_width.py), so 0.30 is out of reach for any width of this SSDLite.
+    assert ratio <= 0.40, ratio
+    assert report["map_drop"]["map50_points"] <= 1.0, report["map_drop"]  # int8 loses at most 1 point
     assert int8_entry["stats"]["input"] == {"dtype": "uint8", "shape": [1, 160, 160, 3], "scale": 1.0, "zero_point": 0}
     assert out.is_file() and out.with_name("int8.report.json").is_file()
     saved = json.loads(out.with_name("int8.report.json").read_text())
@@ -122,7 +123,7 @@ def test_pruning_halves_conv_kernels_and_pays_after_gzip(pruned_int8_model, int8
     # The whole file: a 0.35-width MobileNet carries ~24k per-channel scales (+ int64 zero points,
     # int32 biases) that gzip cannot shrink, so the file saves less (measured 0.78; wider models
     # come closer to the filters' ratio, see benchmarks/results/convert_variants.md).
-    assert pruned_stats["gzip_bytes"] <= 0.85 * dense_stats["gzip_bytes"]
+    assert pruned_stats["gzip_bytes"] <= 0.80 * dense_stats["gzip_bytes"]
     assert pruned["map_drop"]["map50_points"] < 10.0  # BN statistics follow the pruned weights
 
 
