@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import BenchSettings, run_and_write  # noqa: E402
+from edge.bench.run import BenchSettings, run_and_write  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 

@@ -21,11 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import (BenchSettings, Progress, _new_run, _OursLoop, _timed_chunk, _traced, _warm_up,  # noqa: E402
+from edge.bench.run import (BenchSettings, Progress, _new_run, _OursLoop, _timed_chunk, _traced, _warm_up,  # noqa: E402
                         atomic_write, machine_info)
-from edge.detector import Detector  # noqa: E402
+from edge.detector.detector import Detector  # noqa: E402
 from edge.memory import peak_rss_bytes, rss_bytes  # noqa: E402
-from edge.sources import open_source  # noqa: E402
+from edge.live.sources import open_source  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 KB = 1024

@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import atomic_write, machine_info  # noqa: E402
-from edge.detector import Detector  # noqa: E402
+from edge.bench.run import atomic_write, machine_info  # noqa: E402
+from edge.detector.detector import Detector  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 

@@ -34,7 +34,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "int8_size_by_width"
 
 def quantization_overhead(model_path: Path) -> tuple[int, int]:
     """(per-channel entries, bytes they take as float32 scale + int64 zero point) in a .tflite."""
-    from edge.runtime import load_interpreter
+    from edge.backends.tflite import load_interpreter
 
     interpreter, _ = load_interpreter(model_path, None, 1)
     entries = 0

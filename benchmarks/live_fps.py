@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.detector import Detector  # noqa: E402
-from edge.live import LiveLoop  # noqa: E402
-from edge.sources import open_source  # noqa: E402
+from edge.detector.detector import Detector  # noqa: E402
+from edge.live.loop import LiveLoop  # noqa: E402
+from edge.live.sources import open_source  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "live_fps.json"
 

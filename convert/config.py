@@ -12,10 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge.anchors import AnchorConfig
-from edge.boxcoding import BoxCoderScales
+from edge.contract.anchors import AnchorConfig
+from edge.contract.boxcoding import BoxCoderScales
 from edge.errors import EdgeError
-from edge.modelinfo import HEAD_RAW, ModelInfo, Normalization
+from edge.contract.modelinfo import HEAD_RAW, ModelInfo, Normalization
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -46,7 +46,7 @@ class SSDConfig:
     - input ``[B, S, S, 3]`` float32 RGB, already normalised as ``normalization`` says ([-1, 1]);
     - outputs ``box_encodings`` ``[B, A, 4]`` (ty, tx, th, tw; OD API faster_rcnn_box_coder) and
       ``class_logits`` ``[B, A, num_classes + 1]`` (column 0 is background), A = anchors.num_anchors,
-      anchors in :func:`edge.anchors.generate_anchors` order.
+      anchors in :func:`edge.contract.anchors.generate_anchors` order.
     """
 
     architecture: Architecture

@@ -23,7 +23,7 @@ from typing import Callable
 from convert.config import CONFIG_NAME, SSDConfig
 from convert.export import RAW_PIXELS, HeadSpec, PostprocessOptions
 from edge.errors import EdgeError
-from edge.modelinfo import HEAD_POSTPROCESS, ModelInfo
+from edge.contract.modelinfo import HEAD_POSTPROCESS, ModelInfo
 
 KIND_RUN = "training run"
 KIND_KERAS = "keras model"
@@ -88,7 +88,7 @@ def _versions() -> dict:
 def _load_labels(path: Path | None, count: int) -> list[str]:
     if path is None:
         return [f"class_{i + 1}" for i in range(count)]
-    from edge.labels import load_labels
+    from edge.contract.labels import load_labels
 
     labels = load_labels(path)
     if len(labels) < count:

@@ -1,6 +1,6 @@
 """Run any detector ``.tflite`` over a :class:`convert.data.Dataset` and score it with pycocotools.
 
-The model runs through :class:`edge.detector.Detector` -- the board's own code path (FrameBuffer
+The model runs through :class:`edge.detector.detector.Detector` -- the board's own code path (FrameBuffer
 resize, input quantization, output decoding) -- with ``score_threshold=0``: every detection the
 model returns is scored, so mAP sees the whole precision/recall curve. Third-party models are
 welcome: their classes are matched to the dataset's categories by label name (case-insensitive,
@@ -60,7 +60,7 @@ def predict(model_path: str | Path, dataset, labels: list[str] | str | Path | No
 
     Images that cannot be read get empty predictions and are listed (they still count as misses).
     """
-    from edge.detector import Detector
+    from edge.detector.detector import Detector
 
     detector = Detector(model_path, labels=labels, score_threshold=0.0, num_threads=num_threads, runtime=runtime)
     if not detector.labels:

@@ -22,11 +22,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edge.anchors import AnchorConfig, generate_anchors
-from edge.boxcoding import BoxCoderScales
+from edge.contract.anchors import AnchorConfig, generate_anchors
+from edge.contract.boxcoding import BoxCoderScales
 from edge.errors import EdgeError
-from edge.modelfile import POSTPROCESS_OP, embed_metadata
-from edge.modelinfo import ModelInfo, Normalization
+from edge.contract.tflite_file import POSTPROCESS_OP, embed_metadata
+from edge.contract.modelinfo import ModelInfo, Normalization
 
 # What the exported model expects: raw pixels (the normalisation is inside the graph).
 RAW_PIXELS = Normalization(mean=0.0, std=1.0)

@@ -9,7 +9,7 @@ Why these choices:
 - Feature maps follow the TF OD API ``ssd_mobilenet_v2`` layout: stride 16 (expansion of block 13),
   stride 32 (the final 1x1 conv), then stride-2 extra layers; SSDLite heads are depthwise 3x3 +
   pointwise 1x1 predictors whose outputs are reshaped cell by cell so the encodings line up with
-  :func:`edge.anchors.generate_anchors` (layer, row, column, box spec).
+  :func:`edge.contract.anchors.generate_anchors` (layer, row, column, box spec).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.anchors import AnchorConfig, generate_anchors
-from edge.boxcoding import BoxCoderScales
+from edge.contract.anchors import AnchorConfig, generate_anchors
+from edge.contract.boxcoding import BoxCoderScales
 from edge.errors import EdgeError
-from edge.modelinfo import Normalization
+from edge.contract.modelinfo import Normalization
 
 BOX_NODE = "concat"
 CLASS_NODE = "concat_1"
@@ -125,7 +125,7 @@ def load_frozen_graph(path: str | Path) -> FrozenSSD:
 
     standard = AnchorConfig(feature_map_sizes=[(1, 1)])  # placeholder, replaced below
     try:
-        from edge.anchors import ssd_feature_map_sizes
+        from edge.contract.anchors import ssd_feature_map_sizes
 
         standard = AnchorConfig(feature_map_sizes=ssd_feature_map_sizes((height, width)), input_size=(height, width))
         standard_anchors = generate_anchors(standard)

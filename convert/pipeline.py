@@ -19,7 +19,7 @@ import numpy as np
 from convert.config import SSDConfig
 from convert.targets import anchor_corners, assign_targets
 from convert.tf import import_tensorflow
-from edge.anchors import generate_anchors
+from edge.contract.anchors import generate_anchors
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Calibration data for int8 post-training quantization, and quantization-aware fine-tuning.
 
-Calibration images go through :class:`edge.buffer.FrameBuffer` -- the exact resize and colour
+Calibration images go through :class:`edge.detector.buffer.FrameBuffer` -- the exact resize and colour
 conversion the board applies to camera frames -- into a float32 ``[1, H, W, 3]`` array of raw
 pixels 0..255 (the exported model normalises internally, see :mod:`convert.export`).
 
@@ -20,9 +20,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from edge.buffer import STRETCH, FrameBuffer
+from edge.detector.buffer import STRETCH, FrameBuffer
 from edge.errors import EdgeError
-from edge.modelinfo import Normalization
+from edge.contract.modelinfo import Normalization
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_CALIBRATION_IMAGES = 100

@@ -1,7 +1,7 @@
 """SSD target assignment: match ground-truth boxes to anchors by IoU and encode them.
 
 Pure numpy (run inside tf.data through ``tf.numpy_function``), so the encoding is the exact
-:func:`edge.boxcoding.encode_boxes` the runtime decodes with. Follows the OD API ``argmax_matcher``:
+:func:`edge.contract.boxcoding.encode_boxes` the runtime decodes with. Follows the OD API ``argmax_matcher``:
 an anchor is positive when its best IoU >= ``positive_iou``, background below ``negative_iou``,
 ignored in between; every ground-truth box also claims its best anchor so small objects are never
 left without a positive.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.boxcoding import BoxCoderScales, encode_boxes
+from edge.contract.boxcoding import BoxCoderScales, encode_boxes
 
 IGNORE = -1  # class target of anchors that take no part in the classification loss
 BACKGROUND = 0
@@ -42,7 +42,7 @@ def assign_targets(boxes_yxyx: np.ndarray, class_ids: np.ndarray, anchors: np.nd
     """Targets for one image.
 
     ``boxes_yxyx``: ground truth ``[N, 4]`` normalised (ymin, xmin, ymax, xmax); ``class_ids``
-    ``[N]`` 0-based (no background); ``anchors`` ``[A, 4]`` from :func:`edge.anchors.generate_anchors`.
+    ``[N]`` 0-based (no background); ``anchors`` ``[A, 4]`` from :func:`edge.contract.anchors.generate_anchors`.
     Returns ``box_targets`` float32 ``[A, 4]`` (encodings; zero where not positive) and
     ``class_targets`` int32 ``[A]``: ``class_id + 1`` for positives, 0 background, -1 ignored.
     """

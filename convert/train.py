@@ -27,8 +27,8 @@ from convert.metrics import MapResult, evaluate_map
 from convert.model import build_ssd, set_batchnorm_momentum
 from convert.pipeline import InputPipeline
 from convert.tf import import_keras, import_tensorflow
-from edge.anchors import generate_anchors
-from edge.boxcoding import BoxDecoder
+from edge.contract.anchors import generate_anchors
+from edge.contract.boxcoding import BoxDecoder
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def predict(model, config: SSDConfig, dataset, batch_size: int = 16, score_thres
 
     Returns ``(predictions, indices)``: ``predictions[j] = (boxes xyxy pixels of the original image,
     scores, class ids 0-based)`` for ``dataset.samples[indices[j]]`` (unreadable images are left out).
-    Decoding uses the runtime's :class:`edge.boxcoding.BoxDecoder`; NMS is per class.
+    Decoding uses the runtime's :class:`edge.contract.boxcoding.BoxDecoder`; NMS is per class.
     """
     tf = import_tensorflow()
     pipeline = InputPipeline(dataset, config, augment=False)

@@ -3,7 +3,7 @@
 Everything here is measured on the ``.tflite`` file itself (not on the Keras model it came from),
 so the numbers are what the board gets. Sizes in bytes; gzip at level 9, the way a pruned model
 is shipped (the flatbuffer stores pruned zeros as zeros, only compression turns them into savings).
-Latency is ``invoke()`` alone, after warm-up, with the runtime :func:`edge.runtime.load_interpreter`
+Latency is ``invoke()`` alone, after warm-up, with the runtime :func:`edge.backends.tflite.load_interpreter`
 picks; on x86 int8 is not faster than float, ARM is where int8 pays.
 """
 
@@ -110,7 +110,7 @@ def filter_weights_gzip_bytes(model_bytes: bytes) -> int:
 def model_stats(path: str | Path) -> ModelStats:
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge.modelfile import read_tflite
+    from edge.contract.tflite_file import read_tflite
 
     path = Path(path)
     data = path.read_bytes()
@@ -128,7 +128,7 @@ def model_stats(path: str | Path) -> ModelStats:
 def measure_latency(path: str | Path, runs: int = 50, warmup: int = 5, num_threads: int | None = None,
                     runtime: str | None = None) -> Latency:
     """Median and 90th-percentile ``invoke()`` time in ms on a fixed random input."""
-    from edge.runtime import load_interpreter
+    from edge.backends.tflite import load_interpreter
 
     interpreter, info = load_interpreter(path, runtime, num_threads)
     interpreter.allocate_tensors()

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.anchors import AnchorConfig, generate_anchors, ssd_feature_map_sizes
-from edge.boxcoding import BoxCoderScales, BoxDecoder, decode_boxes, encode_boxes
+from edge.contract.anchors import AnchorConfig, generate_anchors, ssd_feature_map_sizes
+from edge.contract.boxcoding import BoxCoderScales, BoxDecoder, decode_boxes, encode_boxes
 from edge.errors import EdgeError
 
 

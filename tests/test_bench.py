@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from edge import cli
-from edge.bench import (BenchSettings, evaluate_goals, format_summary, json_ready, run_bench, write_json,
+from edge.bench.run import (BenchSettings, evaluate_goals, format_summary, json_ready, run_bench, write_json,
                         write_report)
-from edge.stats import STAGES
+from edge.detector.stages import STAGES
 
 KB = 1024
 

@@ -107,7 +107,7 @@ def test_every_edge_module_imports_with_tensorflow_blocked():
     expected = {p.stem for p in (PROJECT_ROOT / "edge").glob("*.py") if p.stem != "__init__"}
     imported = {name.split(".")[1] for name in result["imported"] if name.count(".") >= 1}
     assert expected <= imported, f"not imported: {sorted(expected - imported)}"
-    assert "edge.cli" in result["imported"] and "edge.detector" in result["imported"]
+    assert "edge.cli" in result["imported"] and "edge.detector.detector" in result["imported"]
 
 
 def test_edge_commands_import_with_tensorflow_blocked():

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.buffer import BadFrameError, FrameBuffer, InputEncoding
-from edge.modelinfo import Normalization
+from edge.detector.buffer import BadFrameError, FrameBuffer, InputEncoding
+from edge.contract.modelinfo import Normalization
 
 
 def _reference_rgb(frame, size):

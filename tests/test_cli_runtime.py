@@ -49,7 +49,7 @@ def test_detect_prints_and_writes_coco_results_and_annotated_images(ssd_model_pa
 
 def test_detect_without_a_model_uses_the_bundled_demo(tmp_path):
     from edge.models import DEMO_MODEL
-    from edge.shapes import draw_shape
+    from edge.live.synthetic import draw_shape
 
     if not DEMO_MODEL.exists():
         pytest.fail(f"bundled demo model {DEMO_MODEL} is missing")

@@ -111,7 +111,7 @@ def test_convert_writes_model_and_report_and_inspect_reads_them(untrained_run, t
     import json
 
     from edge.cli import main
-    from edge.modelfile import load_model_info
+    from edge.contract.tflite_file import load_model_info
 
     run, shapes = untrained_run
     out = tmp_path / "sub" / "m.tflite"

@@ -13,7 +13,7 @@ from convert.data import Dataset, load_coco, load_dataset, load_voc
 from convert.data.synth import MAX_SIZE_FRACTION, MIN_SIZE_FRACTION, write_synthetic_voc
 from edge.cli import main as cli_main
 from edge.errors import EdgeError
-from edge.shapes import SHAPE_CLASSES
+from edge.live.synthetic import SHAPE_CLASSES
 
 BOMB = """<?xml version="1.0"?>
 <!DOCTYPE lolz [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import as_list, iou_xyxy, match
 
-from edge.detector import Detector
+from edge.detector.detector import Detector
 
 # From ../shared/fixtures/README.md (ai-edge-litert 2.3.0, straight resize, RGB).
 EXPECTED = {

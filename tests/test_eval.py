@@ -25,7 +25,7 @@ def test_eval_third_party_coco_model_on_coco_json(ssd_model_path, coco_labels_pa
     class the model does not know: what is tested is the reading, the name matching and the scoring.
     """
     from edge.cli import main
-    from edge.detector import Detector
+    from edge.detector.detector import Detector
 
     detector = Detector(ssd_model_path, labels=coco_labels_path, score_threshold=0.5)
     names = ["unicorn"]  # a dataset class the model has no label for

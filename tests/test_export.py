@@ -76,7 +76,7 @@ def test_int8_is_small_accurate_and_takes_raw_pixels(int8_model):
 
 def test_int8_metadata_is_all_the_runtime_needs(int8_model, trained_run):
     from convert.config import SSDConfig
-    from edge.modelfile import load_model_info
+    from edge.contract.tflite_file import load_model_info
 
     out, _ = int8_model
     info = load_model_info(out)
@@ -91,8 +91,8 @@ def test_int8_metadata_is_all_the_runtime_needs(int8_model, trained_run):
 
 
 def test_detector_finds_a_drawn_shape_with_the_int8_model(int8_model):
-    from edge.detector import Detector
-    from edge.shapes import draw_shape
+    from edge.detector.detector import Detector
+    from edge.live.synthetic import draw_shape
 
     out, _ = int8_model
     frame = np.full((240, 320, 3), 40, np.uint8)
@@ -149,8 +149,8 @@ def test_tf2_saved_model_export_gets_our_attributes(tmp_path):
     from convert.conversion import ConvertOptions, convert
     from convert.export import PostprocessOptions, read_postprocess_attributes
     from convert.model import build_ssd
-    from edge.anchors import generate_anchors
-    from edge.detector import Detector
+    from edge.contract.anchors import generate_anchors
+    from edge.detector.detector import Detector
 
     config = SSDConfig.create(["circle", "square", "triangle"], input_size=128, width=0.35)
     model = build_ssd(config)

@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detector import Detector
-from edge.live import LiveLoop
-from edge.sinks import JsonLinesSink, VideoSink
-from edge.sources import Source, SyntheticSource, open_source
+from edge.detector.detector import Detector
+from edge.live.loop import LiveLoop
+from edge.live.sinks import JsonLinesSink, VideoSink
+from edge.live.sources import Source, open_source
+from edge.live.synthetic import SyntheticSource
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from edge.errors import EdgeError
-from edge.labels import load_labels, parse_labels
-from edge.modelfile import embed_metadata, load_model_info, read_tflite
-from edge.modelinfo import ModelInfo
+from edge.contract.labels import load_labels, parse_labels
+from edge.contract.tflite_file import embed_metadata, load_model_info, read_tflite
+from edge.contract.modelinfo import ModelInfo
 
 
 def test_fixture_coco_labels_are_zero_based_with_gaps(coco_labels_path):
@@ -29,7 +29,7 @@ def test_reads_operators_of_the_fixture_model(ssd_model_path):
 
 
 def test_embedded_metadata_round_trips_and_model_still_runs(ssd_model_path, tmp_path):
-    from edge.detector import Detector
+    from edge.detector.detector import Detector
 
     info = ModelInfo(labels=["a", "b"], provenance={"source": "test"})
     out = tmp_path / "with_meta.tflite"

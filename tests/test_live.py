@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.annotate import Annotator
-from edge.detections import Detections
-from edge.detector import Detector
-from edge.live import LiveLoop
-from edge.preview import PreviewServer, PreviewSink, parse_bind
-from edge.sinks import JsonLinesSink, Sink, VideoSink
-from edge.sources import open_source
+from edge.live.annotate import Annotator
+from edge.contract.detections import Detections
+from edge.detector.detector import Detector
+from edge.live.loop import LiveLoop
+from edge.live.preview import PreviewServer, PreviewSink, parse_bind
+from edge.live.sinks import JsonLinesSink, Sink, VideoSink
+from edge.live.sources import open_source
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -194,8 +194,8 @@ def _build_recurrent_model(path: Path) -> None:
 
 @pytest.mark.slow
 def test_recurrent_state_is_carried_across_frames(tmp_path):
-    from edge.anchors import AnchorConfig
-    from edge.modelinfo import ModelInfo
+    from edge.contract.anchors import AnchorConfig
+    from edge.contract.modelinfo import ModelInfo
 
     model = tmp_path / "lstm_like.tflite"
     _build_recurrent_model(model)

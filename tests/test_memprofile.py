@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.memprofile import FrameMemoryProbe, RssSampler, measure_step, rss_slope
+from edge.bench.memprofile import FrameMemoryProbe, RssSampler, measure_step, rss_slope
 
 KB = 1024
 MB = 1024 * 1024
@@ -123,7 +123,7 @@ def _cycling(frames):
 
 
 def test_detector_pipeline_reads_zero_growth_and_small_transient(ssd_model_path, coco_labels_path, traffic_frames):
-    from edge.detector import Detector
+    from edge.detector.detector import Detector
 
     detector = Detector(ssd_model_path, labels=coco_labels_path, score_threshold=0.5, num_threads=2)
     next_frame = _cycling(traffic_frames)
@@ -134,8 +134,8 @@ def test_detector_pipeline_reads_zero_growth_and_small_transient(ssd_model_path,
 
 
 def test_usual_pipeline_reads_frame_sized_transients(ssd_model_path, coco_labels_path, traffic_frames):
-    from edge.detector import Detector
-    from edge.usual import UsualPipeline
+    from edge.detector.detector import Detector
+    from edge.bench.baseline import UsualPipeline
 
     detector = Detector(ssd_model_path, labels=coco_labels_path, num_threads=2)
     usual = UsualPipeline(ssd_model_path, output_indices={r: o.index for r, o in detector._out.items()},
@@ -159,7 +159,7 @@ def test_rss_slope_per_segment_ignores_jumps_between_segments():
 
 
 def test_growth_trend_separates_a_leak_from_a_bounded_difference_at_the_end():
-    from edge.memprofile import MemoryProfile
+    from edge.bench.memprofile import MemoryProfile
 
     empty = np.zeros(0, np.int64)
     # A capture thread holding 450 B more at the last frame's end than at the first frame's start.

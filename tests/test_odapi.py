@@ -52,7 +52,7 @@ def person_model(tmp_path_factory, odapi_frozen_graph, calib_dir):
 
 def test_int8_frozen_graph_finds_the_astronaut_like_tensorflow(person_model, odapi_frozen_graph):
     from convert.odapi import run_frozen_graph
-    from edge.detector import Detector
+    from edge.detector.detector import Detector
 
     image = skimage_data.astronaut()
     reference = run_frozen_graph(odapi_frozen_graph, image)
@@ -73,7 +73,7 @@ def test_int8_model_contract_and_metadata(person_model, odapi_frozen_graph):
     from ai_edge_litert.interpreter import Interpreter
 
     from convert.export import read_postprocess_attributes
-    from edge.modelfile import POSTPROCESS_OP, load_model_info, read_tflite
+    from edge.contract.tflite_file import POSTPROCESS_OP, load_model_info, read_tflite
 
     data = person_model.read_bytes()
     interpreter = Interpreter(model_content=data)
@@ -106,7 +106,7 @@ def test_int8_model_contract_and_metadata(person_model, odapi_frozen_graph):
 
 def test_graph_anchors_are_the_standard_300px_generator(odapi_frozen_graph):
     from convert.odapi import load_frozen_graph
-    from edge.anchors import AnchorConfig, generate_anchors
+    from edge.contract.anchors import AnchorConfig, generate_anchors
 
     graph = load_frozen_graph(odapi_frozen_graph)
     assert graph.input_size == (300, 300) and graph.num_classes == 1

@@ -10,10 +10,10 @@ import urllib.request
 
 import pytest
 
-from edge.detector import Detector
-from edge.live import LiveLoop
-from edge.preview import PreviewServer, PreviewSink
-from edge.sources import open_source
+from edge.detector.detector import Detector
+from edge.live.loop import LiveLoop
+from edge.live.preview import PreviewServer, PreviewSink
+from edge.live.sources import open_source
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers import iou_xyxy
 
-from edge.anchors import AnchorConfig
-from edge.detector import Detector
-from edge.modelinfo import ModelInfo
+from edge.contract.anchors import AnchorConfig
+from edge.detector.detector import Detector
+from edge.contract.modelinfo import ModelInfo
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.detector import Detector
-from edge.live import LiveLoop
-from edge.sinks import JsonLinesSink
-from edge.sources import open_source
+from edge.detector.detector import Detector
+from edge.live.loop import LiveLoop
+from edge.live.sinks import JsonLinesSink
+from edge.live.sources import open_source
 
 FRAMES = 5000
 WARMUP = 500
@@ -28,8 +28,8 @@ def build_small_ssd(path: Path):
     import numpy as np
 
     from convert.tf import import_tensorflow
-    from edge.anchors import AnchorConfig
-    from edge.modelinfo import ModelInfo
+    from edge.contract.anchors import AnchorConfig
+    from edge.contract.modelinfo import ModelInfo
 
     tf = import_tensorflow()
     rng = np.random.default_rng(0)

@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.buffer import BadFrameError
-from edge.capture import Capture
-from edge.sources import (ImageFolderSource, SourceError, SyntheticSource, VideoCaptureSource, gstreamer_available,
+from edge.detector.buffer import BadFrameError
+from edge.live.capture import Capture
+from edge.live.synthetic import SyntheticSource
+from edge.live.sources import (ImageFolderSource, SourceError, VideoCaptureSource, gstreamer_available,
                           open_source)
-from edge.stats import STAGES, StageTimes
+from edge.detector.stages import STAGES, StageTimes
 
 
 def test_synthetic_forms_and_determinism():
@@ -63,7 +64,7 @@ def test_gstreamer_pipeline_without_gstreamer_says_how_to_get_it():
 
 
 def test_picamera2_missing_is_explained():
-    pytest.importorskip("edge.sources")
+    pytest.importorskip("edge.live.sources")
     try:
         import picamera2  # noqa: F401
         pytest.skip("picamera2 is installed")

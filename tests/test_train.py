@@ -23,8 +23,8 @@ import pytest
 from convert.config import CHECKPOINT_DIR, SSDConfig
 from convert.pipeline import _box_safe_crop
 from convert.targets import IGNORE, anchor_corners, assign_targets, iou_matrix
-from edge.anchors import AnchorConfig, generate_anchors
-from edge.boxcoding import decode_boxes
+from edge.contract.anchors import AnchorConfig, generate_anchors
+from edge.contract.boxcoding import decode_boxes
 from edge.errors import EdgeError
 
 ROOT = Path(__file__).resolve().parents[1]

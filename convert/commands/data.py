@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from edge.errors import EdgeError
-from edge.shapes import SHAPE_CLASSES
+from edge.live.synthetic import SHAPE_CLASSES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     synth = sub.add_parser("synth", help="coloured shapes with exact boxes, written as VOC",
-                           description="Coloured shapes (edge.shapes) on noise, gradients or your photos, "
+                           description="Coloured shapes (edge.live.synthetic) on noise, gradients or your photos, "
                                        "with exact boxes, written as Pascal VOC. Same seed, same files.")
     synth.add_argument("--out", required=True, help="output folder (Annotations/, JPEGImages/, labels.txt)")
     synth.add_argument("--n", type=int, required=True, help="number of images")

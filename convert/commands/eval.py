@@ -1,6 +1,6 @@
 """``edge eval MODEL (--voc DIR | --coco ANN.json --images DIR)``: mAP of any detector ``.tflite``.
 
-The model runs through the board's :class:`edge.detector.Detector` with no score cut-off; its
+The model runs through the board's :class:`edge.detector.detector.Detector` with no score cut-off; its
 classes are matched to the dataset's by label name (``--labels`` for models without embedded
 labels, e.g. ``coco_labels.txt`` for Google's SSD MobileNet).
 """

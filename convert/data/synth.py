@@ -1,6 +1,6 @@
 """Synthetic detection data: coloured shapes with exact boxes, written as Pascal VOC.
 
-The shapes are drawn by :func:`edge.shapes.draw_shape`, the same code behind ``edge run --source
+The shapes are drawn by :func:`edge.live.synthetic.draw_shape`, the same code behind ``edge run --source
 synthetic``, so the bundled demo model sees at run time what it was trained on. Written as VOC so it
 goes through the same reader as user data. Deterministic: the same seed gives the same files.
 """
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.shapes import PALETTE, SHAPE_CLASSES, draw_shape
+from edge.live.synthetic import PALETTE, SHAPE_CLASSES, draw_shape
 
 _PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_SIZE_FRACTION, MAX_SIZE_FRACTION = 0.08, 0.45  # shape size as a fraction of the image side
@@ -124,7 +124,7 @@ def write_synthetic_voc(out_dir, n: int, classes=SHAPE_CLASSES, size: int = 320,
                         backgrounds=None):
     """Write ``n`` images of shapes as VOC under ``out_dir`` and return the dataset read back.
 
-    ``classes``: shape names from :data:`edge.shapes.SHAPE_CLASSES`; ``size``: image side in pixels;
+    ``classes``: shape names from :data:`edge.live.synthetic.SHAPE_CLASSES`; ``size``: image side in pixels;
     ``backgrounds``: optional folder of photos to paste shapes on (else noise and gradients).
     """
     from convert.data.voc import load_voc

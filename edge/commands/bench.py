@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.runtime import RUNTIMES
+from edge.backends.tflite import RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.bench import BenchSettings, format_summary, run_bench, write_json, write_report
+    from edge.bench.run import BenchSettings, format_summary, run_bench, write_json, write_report
 
     settings = BenchSettings(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,

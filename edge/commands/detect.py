@@ -15,10 +15,10 @@ from pathlib import Path
 
 import cv2
 
-from edge.annotate import Annotator
-from edge.detector import Detector
+from edge.live.annotate import Annotator
+from edge.detector.detector import Detector
 from edge.errors import EdgeError
-from edge.runtime import RUNTIMES
+from edge.backends.tflite import RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

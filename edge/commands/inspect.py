@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.labels import load_labels
+from edge.contract.labels import load_labels
 from edge.memory import rss_bytes
-from edge.modelfile import load_model_info, read_tflite
-from edge.runtime import RUNTIMES, load_interpreter, tensor_bytes
+from edge.contract.tflite_file import load_model_info, read_tflite
+from edge.backends.tflite import RUNTIMES, load_interpreter, tensor_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.buffer import LETTERBOX, STRETCH
+from edge.detector.buffer import LETTERBOX, STRETCH
 from edge.errors import EdgeError
-from edge.runtime import RUNTIMES
-from edge.sources import DEFAULT_STALL_TIMEOUT
+from edge.backends.tflite import RUNTIMES
+from edge.live.sources import DEFAULT_STALL_TIMEOUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +47,11 @@ def _log(message: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.detector import Detector
-    from edge.live import LiveLoop
-    from edge.preview import PreviewServer, PreviewSink, is_loopback, parse_bind
-    from edge.sinks import JsonLinesSink, VideoSink
-    from edge.sources import open_source
+    from edge.detector.detector import Detector
+    from edge.live.loop import LiveLoop
+    from edge.live.preview import PreviewServer, PreviewSink, is_loopback, parse_bind
+    from edge.live.sinks import JsonLinesSink, VideoSink
+    from edge.live.sources import open_source
 
     if args.max_frames is not None and args.max_frames < 1:
         raise EdgeError(f"--max-frames {args.max_frames}: must be at least 1")

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.runtime import RuntimeInfo, load_interpreter
+from edge.backends.tflite import RuntimeInfo, load_interpreter
 
 OUTPUT_ROLES = ("boxes", "classes", "scores")
 

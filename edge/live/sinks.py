@@ -16,7 +16,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from edge.detections import Detections
+from edge.contract.detections import Detections
 from edge.errors import EdgeError
 
 # Container -> FourCC that OpenCV's FFmpeg backend writes without extra codecs (pip wheels included).

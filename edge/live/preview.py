@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.sinks import Sink
+from edge.live.sinks import Sink
 
 PAGE = Path(__file__).resolve().parent / "static" / "preview.html"
 MAX_VIEWERS = 4  # each viewer is a thread and a socket buffer; a preview is not a broadcast server
@@ -240,7 +240,7 @@ class PreviewServer:
         return f"http://{host}:{self.port}/{query}"
 
     def set_stats(self, stats: Callable[[], dict]) -> None:
-        """Where the page's numbers come from (e.g. :meth:`edge.live.LiveLoop.live_stats`)."""
+        """Where the page's numbers come from (e.g. :meth:`edge.live.loop.LiveLoop.live_stats`)."""
         self._stats = stats
 
     def stats(self) -> dict:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.buffer import STRETCH, FrameBuffer
-from edge.detections import Detections
+from edge.detector.buffer import STRETCH, FrameBuffer
+from edge.contract.detections import Detections
 from edge.errors import EdgeError
-from edge.labels import load_labels
-from edge.modelfile import TFLiteFile, load_model_info, read_tflite
-from edge.modelinfo import HEAD_POSTPROCESS, HEAD_RAW, ModelInfo
+from edge.contract.labels import load_labels
+from edge.contract.tflite_file import TFLiteFile, load_model_info, read_tflite
+from edge.contract.modelinfo import HEAD_POSTPROCESS, HEAD_RAW, ModelInfo
 from edge.models import default_model_path
-from edge.rawhead import RawHeadDecoder
-from edge.runtime import RuntimeInfo, load_interpreter
+from edge.detector.rawhead import RawHeadDecoder
+from edge.backends.tflite import RuntimeInfo, load_interpreter
 
 # Output names that signatures of TF2 exports use, and the TF1 export's op-output order.
 _SIGNATURE_NAMES = {

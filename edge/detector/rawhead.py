@@ -12,9 +12,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.anchors import generate_anchors
-from edge.boxcoding import BoxDecoder
-from edge.modelinfo import ModelInfo
+from edge.contract.anchors import generate_anchors
+from edge.contract.boxcoding import BoxDecoder
+from edge.contract.modelinfo import ModelInfo
 
 
 class RawHeadDecoder:

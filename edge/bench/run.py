@@ -1,21 +1,21 @@
 """``edge bench``: memory per frame and stage latency of our pipeline, the usual one and bare ``invoke()``.
 
 One call benchmarks one or more models on the same source, in one process, and reports every
-figure of ours next to the usual pipeline's (:mod:`edge.usual`) as a ratio. Per model, in order:
+figure of ours next to the usual pipeline's (:mod:`edge.bench.baseline`) as a ratio. Per model, in order:
 
 1. **interpreter**: a bare interpreter is loaded (RSS across ``Interpreter()`` and across
    ``allocate_tensors()``, and the sum of all tensor sizes), then ``invoke()`` alone is timed
    ``frames`` times on it: the ceiling any pipeline can reach with this model and thread count;
-2. **ours**: :class:`~edge.detector.Detector` fed by :class:`~edge.capture.Capture` (the capture
+2. **ours**: :class:`~edge.detector.detector.Detector` fed by :class:`~edge.live.capture.Capture` (the capture
    thread and its frame ring, so capture, decode and the resize overlap ``invoke()``), as ``edge
    run`` does; its ``preprocess`` stage is what is left on the inference thread (colour order and
    encoding into the tensor);
-3. **usual**: :class:`~edge.usual.UsualPipeline`, reading the same source synchronously.
+3. **usual**: :class:`~edge.bench.baseline.UsualPipeline`, reading the same source synchronously.
 
 Each pipeline runs ``warmup`` frames, then ``frames`` *timed* frames (tracemalloc off; per-stage
-durations into :class:`~edge.stats.StageTimes`; RSS every ``rss_every`` frames for the slope; the
+durations into :class:`~edge.detector.stages.StageTimes`; RSS every ``rss_every`` frames for the slope; the
 three pipelines alternate in ``rounds`` rounds so that load from other processes falls on all of
-them alike), then ``mem_frames`` *traced* frames under :class:`~edge.memprofile.FrameMemoryProbe` (net heap growth and
+them alike), then ``mem_frames`` *traced* frames under :class:`~edge.bench.memprofile.FrameMemoryProbe` (net heap growth and
 transient per frame; run apart from the timed frames because tracing slows every allocation,
 which would penalise the pipeline that allocates more).
 
@@ -39,10 +39,10 @@ from typing import Callable
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.runtime import tensor_bytes as interpreter_tensor_bytes
+from edge.backends.tflite import tensor_bytes as interpreter_tensor_bytes
 from edge.memory import peak_rss_bytes, rss_bytes
-from edge.memprofile import TRACED_WARMUP, FrameMemoryProbe, RssSampler
-from edge.stats import STAGES, StageTimes
+from edge.bench.memprofile import TRACED_WARMUP, FrameMemoryProbe, RssSampler
+from edge.detector.stages import STAGES, StageTimes
 
 GET_TIMEOUT = 10.0  # seconds to wait for a frame before a run is declared stalled
 KB = 1024
@@ -254,7 +254,7 @@ class _OursLoop:
     """Our pipeline as ``edge run`` runs it: capture thread + Detector, reused buffers throughout."""
 
     def __init__(self, detector, source) -> None:
-        from edge.capture import Capture
+        from edge.live.capture import Capture
 
         self.detector = detector
         self.capture = Capture(source, prepare=detector.buffer.resize).start()
@@ -432,9 +432,9 @@ def live_loop_frames(settings: BenchSettings) -> int:
 
 
 def _live_loop_check(detector, settings: BenchSettings, progress: Progress) -> dict:
-    """fps of ``edge run``'s own :class:`~edge.live.LiveLoop` (no sinks), to confirm the bench's loop."""
-    from edge.live import LiveLoop
-    from edge.sources import open_source
+    """fps of ``edge run``'s own :class:`~edge.live.loop.LiveLoop` (no sinks), to confirm the bench's loop."""
+    from edge.live.loop import LiveLoop
+    from edge.live.sources import open_source
 
     frames = live_loop_frames(settings)
     progress.describe("ours: edge run loop")
@@ -453,7 +453,7 @@ def interpreter_memory(model: Path, runtime: str | None, threads: int | None):
     every tensor's size from ``get_tensor_details()`` (weights included; the arena is smaller
     because intermediate tensors share memory).
     """
-    from edge.runtime import load_interpreter
+    from edge.backends.tflite import load_interpreter
 
     rss0 = rss_bytes()
     interpreter, runtime_info = load_interpreter(model, runtime, threads)
@@ -480,8 +480,8 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
     ``settings.rounds`` rounds, so that load from other processes (boards and CI machines are
     shared) falls on all three alike; the traced frames follow, ours then usual.
     """
-    from edge.detector import Detector
-    from edge.sources import open_source
+    from edge.detector.detector import Detector
+    from edge.live.sources import open_source
 
     model = Path(model)
     result: dict = {"model": str(model), "model_name": model.name}
@@ -505,7 +505,7 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
             result["usual_skipped"] = ("the usual-pipeline baseline needs a TFLite_Detection_PostProcess model "
                                        f"({model.name} has a raw head)")
         else:
-            from edge.usual import UsualPipeline
+            from edge.bench.baseline import UsualPipeline
 
             norm = detector.info.normalization if detector.info else None
             usual = UsualPipeline(model, output_indices={role: out.index for role, out in detector._out.items()},
@@ -593,7 +593,7 @@ def evaluate_goals(result: dict) -> list[dict]:
 def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     """Run every model; returns the JSON-ready report (plus ``_runs`` entries used by the plots)."""
     settings.validate()
-    from edge.sources import open_source
+    from edge.live.sources import open_source
 
     open_source(settings.source, loop=True).close()  # fail early, with the source's own message
     machine = machine_info()

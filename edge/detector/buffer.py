@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.modelinfo import Normalization
+from edge.contract.modelinfo import Normalization
 
 STRETCH = "stretch"
 LETTERBOX = "letterbox"

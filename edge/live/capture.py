@@ -1,4 +1,4 @@
-"""The capture thread: reads a :class:`~edge.sources.Source` into a small ring of preallocated frames.
+"""The capture thread: reads a :class:`~edge.live.sources.Source` into a small ring of preallocated frames.
 
 The detector always takes the newest frame. For live sources (cameras, streams, realtime files)
 a frame that is overwritten before the detector took it is *dropped* and counted; nothing queues.
@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge.sources import Source
+from edge.live.sources import Source
 
 RING_SLOTS = 4  # latest + held by the detector + being written + one spare for an abandoned reader
 BACKOFF_START, BACKOFF_MAX = 0.25, 8.0  # seconds between reconnect attempts

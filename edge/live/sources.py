@@ -13,7 +13,7 @@
 A :class:`Source` is synchronous and single-threaded: :meth:`Source.read` returns the next BGR
 uint8 frame, often the same reused array each time (copy it to keep it), or ``None`` at the end of
 a finite stream. Threading, the latest-frame ring, stall detection and reconnecting live in
-:mod:`edge.capture`; a source only knows how to (re)open and read itself.
+:mod:`edge.live.capture`; a source only knows how to (re)open and read itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.shapes import PALETTE, SHAPE_CLASSES, draw_shape
 
 DEFAULT_STALL_TIMEOUT = 5.0  # seconds without a frame before a source is reopened
 SYNTHETIC_SIZE = (640, 480)  # width, height
@@ -250,81 +249,6 @@ class ImageFolderSource(Source):
                 raise SourceError(f"--source {self.spec}: none of the images could be read")
 
 
-class SyntheticSource(Source):
-    """1-4 coloured shapes moving over a fixed background, drawn into one preallocated frame.
-
-    The look follows :mod:`edge.shapes` and the training data (shapes 8-45% of the shorter side,
-    palette colours), so the bundled demo model detects them. Deterministic for a given ``seed``.
-    ``truth`` holds the current ``(class_id, x0, y0, x1, y1)`` pixel boxes, for tests.
-    """
-
-    MIN_FRACTION, MAX_FRACTION = 0.08, 0.45
-    RESPAWN_EVERY = 90  # frames between one shape being replaced, so scenes change
-
-    def __init__(self, spec: str = "synthetic", width: int = SYNTHETIC_SIZE[0], height: int = SYNTHETIC_SIZE[1],
-                 *, fps: float = SYNTHETIC_FPS, realtime: bool = False, seed: int = 0,
-                 max_frames: int | None = None) -> None:
-        super().__init__(spec)
-        if not (16 <= width <= 8192 and 16 <= height <= 8192):
-            raise SourceError(f"--source {spec}: synthetic size must be between 16 and 8192 pixels a side")
-        self.width, self.height = width, height
-        self.fps = fps
-        self.live = realtime
-        self._pacer = _Pacer(fps) if realtime else None
-        self.max_frames = max_frames
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._background = self._make_background()
-        self._frame = np.empty_like(self._background)
-        self._shapes = [self._spawn() for _ in range(int(self._rng.integers(1, 5)))]
-        self.truth: list[tuple[int, int, int, int, int]] = []
-
-    def _make_background(self) -> np.ndarray:
-        rng, h, w = self._rng, self.height, self.width
-        c0, c1 = rng.integers(40, 200, 3), rng.integers(40, 200, 3)
-        t = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
-        image = c0 + (c1 - c0) * np.broadcast_to(t, (h, w, 1))
-        return np.clip(image + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
-
-    def _spawn(self) -> list:
-        rng, side = self._rng, min(self.width, self.height)
-        size = float(rng.uniform(self.MIN_FRACTION, self.MAX_FRACTION) * side)
-        cx = float(rng.uniform(size / 2, self.width - size / 2))
-        cy = float(rng.uniform(size / 2, self.height - size / 2))
-        speed = side * float(rng.uniform(0.003, 0.012))
-        angle = float(rng.uniform(0, 2 * math.pi))
-        kind = int(rng.integers(len(SHAPE_CLASSES)))
-        color = tuple(int(c) for c in PALETTE[int(rng.integers(len(PALETTE)))])
-        return [kind, cx, cy, size, speed * math.cos(angle), speed * math.sin(angle), color]
-
-    def _read(self) -> np.ndarray | None:
-        if self.max_frames is not None and self.frames_read >= self.max_frames:
-            return None
-        if self._pacer is not None:
-            self._pacer.wait()
-        n = self.frames_read
-        if n and n % self.RESPAWN_EVERY == 0:
-            self._shapes[n // self.RESPAWN_EVERY % len(self._shapes)] = self._spawn()
-        frame = self._frame
-        np.copyto(frame, self._background)
-        self.truth.clear()
-        for shape in self._shapes:
-            kind, cx, cy, size, vx, vy, color = shape
-            half = size / 2
-            # Bounce off the edges so shapes stay whole, as in the training images.
-            if not half <= cx + vx <= self.width - half:
-                vx = shape[4] = -vx
-            if not half <= cy + vy <= self.height - half:
-                vy = shape[5] = -vy
-            shape[1], shape[2] = cx + vx, cy + vy
-            box = draw_shape(frame, SHAPE_CLASSES[kind], shape[1], shape[2], size, color)
-            self.truth.append((kind, *box))
-        return frame
-
-    def describe(self) -> str:
-        return f"synthetic {self.width}x{self.height}, {len(self._shapes)} shapes, seed {self.seed}"
-
-
 class Picamera2Source(Source):
     """Raspberry Pi camera through Picamera2 (``apt install python3-picamera2``), BGR frames."""
 
@@ -417,6 +341,8 @@ def open_source(spec: str, *, loop: bool = False, realtime: bool = False,
         fps = float(match.group(3)) if match.group(3) else SYNTHETIC_FPS
         if fps <= 0:
             raise SourceError(f"--source {spec}: fps must be more than 0")
+        from edge.live.synthetic import SyntheticSource
+
         return SyntheticSource(spec, width, height, fps=fps, realtime=realtime, seed=seed)
     if spec.startswith("synthetic"):
         raise SourceError(f"--source {spec}: write synthetic, synthetic:WIDTHxHEIGHT or synthetic:WxH@FPS")

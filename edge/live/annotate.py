@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.detections import Detections
+from edge.contract.detections import Detections
 
 # BGR, distinct on most scenes; class id picks one.
 COLORS: tuple[tuple[int, int, int], ...] = (

@@ -1,7 +1,7 @@
 """What travels with a model: labels, input normalisation, head decoding, provenance.
 
 Stored as JSON inside the ``.tflite`` (a flatbuffer metadata entry named ``edgekit``, see
-:mod:`edge.modelfile`) or in a sidecar ``<model>.json`` next to it; the sidecar wins so that a
+:mod:`edge.contract.tflite_file`) or in a sidecar ``<model>.json`` next to it; the sidecar wins so that a
 third-party model can be described without rewriting it.
 """
 
@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.anchors import AnchorConfig
-from edge.boxcoding import BoxCoderScales
+from edge.contract.anchors import AnchorConfig
+from edge.contract.boxcoding import BoxCoderScales
 from edge.errors import EdgeError
 
 FORMAT = "edgekit-model/1"

@@ -17,7 +17,7 @@ from flatbuffers import table as fb_table
 from flatbuffers.util import GetBufferIdentifier
 
 from edge.errors import EdgeError
-from edge.modelinfo import ModelInfo, read_sidecar, sidecar_path
+from edge.contract.modelinfo import ModelInfo, read_sidecar, sidecar_path
 
 METADATA_NAME = "edgekit"
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"

@@ -5,7 +5,7 @@ Usable without the CLI::
     loop = LiveLoop(Detector(model), open_source("synthetic"), [JsonLinesSink("-")], max_frames=300)
     summary = loop.run()
 
-Capture overlaps with inference (:mod:`edge.capture` reads and resizes the next frame on its own
+Capture overlaps with inference (:mod:`edge.live.capture` reads and resizes the next frame on its own
 thread while ``invoke()`` runs). Per frame the loop allocates nothing frame-sized: the capture ring, the input
 tensor, the detections and the annotated copy are all reused. :meth:`LiveLoop.stop` (and SIGINT /
 SIGTERM, see :meth:`LiveLoop.install_signal_handlers`) finishes the current frame, closes the sinks
@@ -23,13 +23,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edge.annotate import Annotator
-from edge.buffer import BadFrameError
-from edge.capture import Capture
+from edge.live.annotate import Annotator
+from edge.detector.buffer import BadFrameError
+from edge.live.capture import Capture
 from edge.memory import peak_rss_bytes, rss_bytes
-from edge.sinks import Sink
-from edge.sources import DEFAULT_STALL_TIMEOUT, Source
-from edge.stats import STAGES, StageTimes
+from edge.live.sinks import Sink
+from edge.live.sources import DEFAULT_STALL_TIMEOUT, Source
+from edge.detector.stages import STAGES, StageTimes
 
 RSS_SAMPLE_CAPACITY = 4096  # samples kept (a ring): 100-frame steps cover 400k frames
 WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (allocators and caches settle)

@@ -1,0 +1,1 @@
+"""``edge bench``: settings, the pipelines compared (ours, the baseline, bare invoke), memory profiling, reports."""
