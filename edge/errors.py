@@ -13,6 +13,11 @@ class EdgeError(Exception):
     exit_code = 2
 
 
+class BadFrameError(EdgeError):
+    """A frame or input image that cannot be used (empty, wrong dtype or channel count, unreadable).
+    The live loop skips it and counts it."""
+
+
 def first_line(exc: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
     """The first non-empty line of ``exc``'s message (its type name when it has none), cut to ``limit``.
 

@@ -24,7 +24,7 @@ def detector(ssd_model_path, coco_labels_path):
 
 def _usual_way(detector, image):
     """The common example's pipeline, straight on the interpreter: our reference for boxes."""
-    interpreter = detector.interpreter
+    interpreter = detector.backend.interpreter
     h, w = detector.input_size
     rgb = cv2.cvtColor(cv2.resize(image, (w, h)), cv2.COLOR_BGR2RGB)
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.expand_dims(rgb, 0))

@@ -98,7 +98,7 @@ def test_stalled_stream_is_reopened(detector):
     server = MjpegServer(stall_after=5)
     try:
         source = open_source(server.url, stall_timeout=1.0)
-        loop, messages = _loop(detector, source, max_frames=30, stall_timeout=1.0)
+        loop, messages = _loop(detector, source, max_frames=30)
         summary = loop.run()
     finally:
         server.close()
@@ -114,7 +114,7 @@ def test_stream_that_disappears_and_comes_back(detector):
     server = MjpegServer()
     port = server.port
     source = open_source(server.url, stall_timeout=1.0)
-    loop, messages = _loop(detector, source, max_frames=60, stall_timeout=1.0)
+    loop, messages = _loop(detector, source, max_frames=60)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", loop.run()))
     thread.start()
@@ -258,7 +258,7 @@ def test_stuck_pipe_does_not_hang_the_run(detector, tmp_path):
     thread.start()
     try:
         source = open_source(str(fifo), stall_timeout=1.0)
-        loop, messages = _loop(detector, source, duration=4, stall_timeout=1.0)
+        loop, messages = _loop(detector, source, duration=4)
         summary = loop.run()
     finally:
         release.set()

@@ -204,11 +204,11 @@ def test_recurrent_state_is_carried_across_frames(tmp_path):
                            reduce_boxes_in_lowest_layer=False)
     info = ModelInfo(labels=["thing"], anchors=anchors, score_conversion="sigmoid", has_background=True)
     detector = Detector(model, info=info, score_threshold=0.01)
-    assert len(detector._state_pairs) == 1
+    assert len(detector.backend.state_pairs) == 1
     lines = []
 
     class Collect(Sink):
-        def write(self, frame_index, timestamp, frame, detections, annotated):
+        def write(self, frame, detections, annotated):
             lines.append(detections.scores.max() if detections.count else 0.0)
 
     loop = LiveLoop(detector, open_source("synthetic:64x64"), [Collect()], max_frames=5, stats_every=0)

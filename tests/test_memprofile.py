@@ -138,7 +138,7 @@ def test_usual_pipeline_reads_frame_sized_transients(ssd_model_path, coco_labels
     from edge.bench.baseline import UsualPipeline
 
     detector = Detector(ssd_model_path, labels=coco_labels_path, num_threads=2)
-    usual = UsualPipeline(ssd_model_path, output_indices={r: o.index for r, o in detector._out.items()},
+    usual = UsualPipeline(ssd_model_path, output_indices={r: o.index for r, o in detector.outputs.items()},
                           num_threads=2)
     next_frame = _cycling(traffic_frames)
     results = []

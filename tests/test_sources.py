@@ -14,7 +14,7 @@ import pytest
 from edge.detector.buffer import BadFrameError
 from edge.live.capture import Capture
 from edge.live.synthetic import SyntheticSource
-from edge.live.sources import (ImageFolderSource, SourceError, VideoCaptureSource, gstreamer_available,
+from edge.live.sources import (ImageFolderSource, SkippedInput, SourceError, VideoCaptureSource, gstreamer_available,
                           open_source)
 from edge.detector.stages import STAGES, StageTimes
 
@@ -98,7 +98,9 @@ def test_image_folder_and_glob_skip_unreadable(tmp_path):
     assert isinstance(source, ImageFolderSource) and len(source.paths) == 3
     shapes = [source.read().shape, source.read().shape]
     assert shapes == [(48, 64, 3), (60, 80, 3)]
-    assert source.read() is None and source.bad_frames == 1
+    with pytest.raises(SkippedInput, match="2.jpg"):
+        source.read()
+    assert source.read() is None and source.counters.bad_frames == 1
     assert len(open_source(str(tmp_path / "*.png")).paths) == 2
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path / "*.gif"))
@@ -109,11 +111,11 @@ def test_lossless_capture_hands_over_every_frame_in_order():
     capture = Capture(source).start()
     seqs = []
     while True:
-        item = capture.get(2.0)
-        if item is None:
+        frame = capture.get(2.0)
+        if frame is None:
             break
-        seqs.append(item[2])
-        capture.release(item[0])
+        seqs.append(frame.seq)
+        capture.release(frame)
     capture.stop()
     assert capture.ended and seqs == list(range(50)) and capture.counters.frames_dropped == 0
 
@@ -123,12 +125,12 @@ def test_live_capture_keeps_the_newest_and_counts_drops():
     capture = Capture(source).start()
     seqs = []
     while True:
-        item = capture.get(2.0)
-        if item is None:
+        frame = capture.get(2.0)
+        if frame is None:
             break
-        seqs.append(item[2])
+        seqs.append(frame.seq)
         time.sleep(0.02)  # a detector slower than the camera
-        capture.release(item[0])
+        capture.release(frame)
     capture.stop()
     counters = capture.counters
     assert counters.frames_read == 120
@@ -159,9 +161,9 @@ def test_stage_times_percentiles_ring_and_no_allocation():
     assert grown < 1024
 
 
-def test_capture_prepares_each_frame_on_its_thread_and_leaves_bad_ones_to_the_detector():
-    """``prepare`` runs on the capture thread into a per-slot buffer; a frame it refuses has no
-    resized copy, so the detector's own path meets it and counts it as bad."""
+def test_capture_prepares_each_frame_on_its_thread_and_counts_the_ones_it_refuses():
+    """``prepare`` runs on the capture thread into a per-slot buffer; a frame it refuses is counted
+    bad (in the one counters object the stats and the summary read) and never published."""
     source = SyntheticSource("synthetic", 64, 48, max_frames=12)
     threads, previous = set(), {}
 
@@ -171,23 +173,23 @@ def test_capture_prepares_each_frame_on_its_thread_and_leaves_bad_ones_to_the_de
 
     capture = Capture(source, prepare=prepare).start()
     seen = 0
-    while (item := capture.get(2.0)) is not None:
-        slot, frame = item[0], item[1]
-        resized = capture.resized(slot)
-        np.testing.assert_array_equal(resized, cv2.resize(frame, (16, 12)))
+    while (frame := capture.get(2.0)) is not None:
+        resized = frame.resized
+        np.testing.assert_array_equal(resized, cv2.resize(frame.image, (16, 12)))
         key = id(resized)
-        previous.setdefault(slot, key)
-        assert previous[slot] == key, "each slot keeps its one resized buffer"
+        previous.setdefault(frame.slot, key)
+        assert previous[frame.slot] == key, "each slot keeps its one resized buffer"
         seen += 1
-        capture.release(slot)
+        capture.release(frame)
     capture.stop()
     assert seen == 12 and threading.get_ident() not in threads and len(threads) == 1
 
     def refuse(frame, dst):
         raise BadFrameError("frame must be a non-empty uint8 image array")
 
-    refusing = Capture(SyntheticSource("synthetic", 64, 48, max_frames=3), prepare=refuse).start()
-    got = refusing.get(2.0)
-    assert got is not None and refusing.resized(got[0]) is None
-    refusing.release(got[0])
+    messages = []
+    refusing = Capture(SyntheticSource("synthetic", 64, 48, max_frames=3), prepare=refuse, log=messages.append).start()
+    assert refusing.get(2.0) is None and refusing.ended
     refusing.stop()
+    assert refusing.counters.bad_frames == 3 and refusing.counters.frames_read == 3
+    assert any("skipped" in m for m in messages)

@@ -1,9 +1,9 @@
-"""Loading a TFLite interpreter from whichever runtime the board has.
+"""The TFLite backend: a ``.tflite`` model on whichever TFLite runtime the board has.
 
 Preference order: ai-edge-litert (LiteRT), tflite-runtime, then TensorFlow's own ``tf.lite``
 (imported only as the last resort, and only here). The choice is reported because it matters:
-on the fixture int8 SSD (2 x86 cores) LiteRT 2.3 invokes in ~17 ms and tflite-runtime 2.14 in
-~156 ms, since the latter has no int8 XNNPACK kernels.
+tflite-runtime has no int8 XNNPACK kernels, so int8 models run several times slower on it (the
+README's runtime section has the measured figures).
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import EdgeError
+import numpy as np
+
+from edge.backends.base import Backend, BackendInfo, TensorSpec
+from edge.contract.tflite_file import load_model_info, read_tflite
+from edge.errors import EdgeError, first_line
+from edge.provenance import package_version, usable_cores
 
 RUNTIMES: dict[str, tuple[str, str]] = {
     # name: (module holding Interpreter, distribution name for the version)
@@ -26,37 +31,20 @@ RUNTIMES: dict[str, tuple[str, str]] = {
 SLOW_RUNTIME_NOTE = {
     "tflite-runtime": (
         "tflite-runtime has no int8 XNNPACK kernels: int8 models run several times slower than with "
-        "ai-edge-litert (fixture SSD on 2 x86 cores: ~156 ms vs ~17 ms per invoke); "
-        "pip install ai-edge-litert where a wheel exists"
+        "ai-edge-litert; pip install ai-edge-litert where a wheel exists"
     ),
 }
 
 
-@dataclass(frozen=True)
-class RuntimeInfo:
-    name: str
-    version: str
-    num_threads: int
-    note: str | None = None  # a warning the user should see (slow runtime)
-
-    def describe(self) -> str:
-        return f"{self.name} {self.version}, {self.num_threads} thread(s)"
+RuntimeInfo = BackendInfo  # what load_interpreter reports about the runtime it chose
 
 
 def default_num_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:
-        return "unknown"
+    return package_version(dist) or "unknown"
 
 
 def _numpy_conflict(name: str) -> str | None:
@@ -79,21 +67,12 @@ def _interpreter_class(name: str):
     return module.Interpreter
 
 
-def available_runtimes() -> list[str]:
-    found = []
-    for name, (module_name, _) in RUNTIMES.items():
-        try:
-            if importlib.util.find_spec(module_name.split(".")[0]) is not None:
-                found.append(name)
-        except (ImportError, ValueError):
-            continue
-    return found
+def load_interpreter(model_path: str | Path, runtime: str | None = None, num_threads: int | None = None,
+                     *, allocate: bool = False):
+    """Return ``(interpreter, RuntimeInfo)`` for ``model_path``; tensors allocated when ``allocate``.
 
-
-def load_interpreter(model_path: str | Path, runtime: str | None = None, num_threads: int | None = None):
-    """Return ``(interpreter, RuntimeInfo)`` for ``model_path``, tensors not yet allocated.
-
-    ``runtime`` forces one of :data:`RUNTIMES`; otherwise the first importable one is used.
+    ``runtime`` forces one of :data:`RUNTIMES`; otherwise the first importable one is used. Every
+    failure is one :class:`EdgeError` line naming the model.
     """
     if runtime is not None and runtime not in RUNTIMES:
         raise EdgeError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
@@ -117,8 +96,12 @@ def load_interpreter(model_path: str | Path, runtime: str | None = None, num_thr
         try:
             interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
         except (ValueError, RuntimeError, SystemError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgeError(f"{model_path}: the {name} interpreter cannot load it ({first_line})") from None
+            raise EdgeError(f"{model_path}: the {name} interpreter cannot load it ({first_line(exc)})") from None
+        if allocate:
+            try:
+                interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                raise EdgeError(f"{model_path}: cannot allocate tensors ({first_line(exc)})") from None
         info = RuntimeInfo(name, _version(RUNTIMES[name][1]), threads, SLOW_RUNTIME_NOTE.get(name))
         return interpreter, info
     if runtime:
@@ -133,11 +116,60 @@ def load_interpreter(model_path: str | Path, runtime: str | None = None, num_thr
 
 def tensor_bytes(interpreter) -> int:
     """Sum of every tensor's size (weights and activations) after ``allocate_tensors()``, in bytes."""
-    import numpy as np
-
     total = 0
     for detail in interpreter.get_tensor_details():
         shape = detail["shape"]
         if len(shape):
             total += int(np.prod(shape)) * np.dtype(detail["dtype"]).itemsize
     return total
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail["quantization"]
+    return TensorSpec(int(detail["index"]), detail["name"], tuple(int(v) for v in detail["shape"]),
+                      np.dtype(detail["dtype"]), (float(scale), int(zero_point)))
+
+
+class TFLiteBackend(Backend):
+    """A ``.tflite`` model on a TFLite interpreter (LiteRT, tflite-runtime or tf.lite), tensors allocated.
+
+    Views are ``interpreter.tensor(i)`` functions: each call gives a fresh view, which callers drop
+    before the next :meth:`invoke`.
+    """
+
+    def __init__(self, model_path: str | Path, runtime: str | None = None, num_threads: int | None = None,
+                 *, tflite=None) -> None:
+        self.model_path = Path(model_path)
+        self.tflite = tflite if tflite is not None else read_tflite(self.model_path)
+        self.operators = list(self.tflite.operators)
+        self.interpreter, self.info = load_interpreter(self.model_path, runtime, num_threads, allocate=True)
+        self.inputs = [_spec(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [_spec(d) for d in self.interpreter.get_output_details()]
+        self._setup_state()
+
+    @property
+    def has_postprocess(self) -> bool:
+        return self.tflite.has_postprocess
+
+    def model_info(self):
+        return load_model_info(self.model_path, self.tflite)
+
+    def view(self, spec: TensorSpec):
+        return self.interpreter.tensor(spec.index)
+
+    def _run(self) -> None:
+        self.interpreter.invoke()
+
+    def signature_output_names(self) -> dict[int, str]:
+        try:
+            signatures = self.interpreter._get_full_signature_list()
+        except AttributeError:  # runtimes without signature introspection
+            return {}
+        names = {}
+        for signature in signatures.values():
+            for name, index in signature.get("outputs", {}).items():
+                names[int(index)] = name
+        return names
+
+    def memory(self) -> dict:
+        return {"tensor_bytes": tensor_bytes(self.interpreter), "model_file_bytes": self.model_path.stat().st_size}

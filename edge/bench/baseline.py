@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.detector.step import Frame
 from edge.errors import EdgeError
 from edge.backends.tflite import RuntimeInfo, load_interpreter
 
@@ -68,7 +69,8 @@ class UsualPipeline:
         self.scores_idx = position[output_indices["scores"]]
         self.imH, self.imW = 0, 0
 
-    def preprocess(self, frame: np.ndarray) -> None:
+    def preprocess(self, frame: Frame) -> None:
+        frame = frame.image
         self.imH, self.imW = frame.shape[:2]
         frame_rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         frame_resized = cv2.resize(frame_rgb, (self.width, self.height))
@@ -101,6 +103,6 @@ class UsualPipeline:
         return detections
 
     def detect(self, frame: np.ndarray) -> list[dict]:
-        self.preprocess(frame)
+        self.preprocess(Frame.of(frame))
         self.invoke()
         return self.postprocess()

@@ -34,100 +34,10 @@ from typing import Callable
 
 import numpy as np
 
-from edge.memory import rss_bytes
+from edge.memory import RssSampler, rss_bytes, rss_slope  # noqa: F401  (re-exported for bench)
 
 _CALIBRATION_FRAMES = 256
 TRACED_WARMUP = 30  # frames run under tracing before recording (see FrameMemoryProbe.run)
-
-
-def rss_slope(frames: np.ndarray, rss: np.ndarray, segments: np.ndarray | None = None) -> float:
-    """Least-squares slope of RSS (bytes) against frame index: bytes per frame; 0.0 under 2 samples.
-
-    ``segments`` (one label per sample) fits one slope with a separate intercept per segment: used
-    when other work ran between segments (``edge bench`` alternates pipelines) and shifted RSS,
-    which says nothing about this pipeline's growth while it ran.
-    """
-    frames = np.asarray(frames, np.float64)
-    rss = np.asarray(rss, np.float64)
-    if frames.size < 2:
-        return 0.0
-    if segments is None:
-        segments = np.zeros(frames.size, np.int64)
-    x = np.empty_like(frames)
-    y = np.empty_like(rss)
-    # Centre within each segment: RSS is ~1e8 and frame indices ~1e4, and the slope we look for is ~1.
-    for label in np.unique(segments):
-        mask = segments == label
-        x[mask] = frames[mask] - frames[mask].mean()
-        y[mask] = rss[mask] - rss[mask].mean()
-    denominator = float(np.dot(x, x))
-    return float(np.dot(x, y) / denominator) if denominator > 0 else 0.0
-
-
-class RssSampler:
-    """RSS every ``every`` frames into preallocated arrays (nothing allocated that outlives a call)."""
-
-    def __init__(self, frames: int, every: int = 10) -> None:
-        if every < 1:
-            raise ValueError("every must be >= 1")
-        self.every = int(every)
-        capacity = int(frames) // self.every + 2
-        # np.zeros maps untouched pages that become resident as they are written, which would
-        # read as RSS growth per frame: fill() makes them resident now.
-        self._frame = np.empty(capacity, np.int64)
-        self._rss = np.empty(capacity, np.int64)
-        self._segment = np.empty(capacity, np.int64)
-        for array in (self._frame, self._rss, self._segment):
-            array.fill(0)
-        self.segment = 0  # label stored with each sample (see rss_slope)
-        self.count = 0
-
-    def maybe_sample(self, frame_index: int) -> None:
-        """Sample when ``frame_index`` is a multiple of ``every`` (and capacity remains)."""
-        if frame_index % self.every == 0:
-            self.sample(frame_index)
-
-    def sample(self, frame_index: int) -> None:
-        if self.count < self._rss.size:
-            self._frame[self.count] = frame_index
-            self._rss[self.count] = rss_bytes()
-            self._segment[self.count] = self.segment
-            self.count += 1
-
-    @property
-    def frames(self) -> np.ndarray:
-        return self._frame[: self.count]
-
-    @property
-    def rss(self) -> np.ndarray:
-        return self._rss[: self.count]
-
-    @property
-    def segments(self) -> np.ndarray:
-        return self._segment[: self.count]
-
-    def slope(self) -> float:
-        """Bytes per frame (least squares over all samples, one intercept per segment)."""
-        return rss_slope(self.frames, self.rss, self.segments)
-
-    def raw_slope(self) -> float:
-        """Bytes per frame, one line through all samples (includes jumps between segments)."""
-        return rss_slope(self.frames, self.rss)
-
-    def summary(self) -> dict:
-        rss = self.rss
-        if rss.size == 0:
-            return {"samples": 0}
-        return {
-            "samples": int(rss.size),
-            "every_frames": self.every,
-            "first_bytes": int(rss[0]),
-            "last_bytes": int(rss[-1]),
-            "max_bytes": int(rss.max()),
-            "slope_bytes_per_frame": round(self.slope(), 3),
-            "slope_segments": int(np.unique(self.segments).size),
-            "slope_one_line_bytes_per_frame": round(self.raw_slope(), 3),
-        }
 
 
 @dataclass

@@ -43,6 +43,7 @@ from edge.backends.tflite import tensor_bytes as interpreter_tensor_bytes
 from edge.memory import peak_rss_bytes, rss_bytes
 from edge.bench.memprofile import TRACED_WARMUP, FrameMemoryProbe, RssSampler
 from edge.detector.stages import STAGES, StageTimes
+from edge.detector.step import Frame, run_frame
 
 GET_TIMEOUT = 10.0  # seconds to wait for a frame before a run is declared stalled
 KB = 1024
@@ -261,14 +262,15 @@ class _OursLoop:
         self.sinks: list = []
 
     def frame(self, times: StageTimes) -> bool:
-        capture, detector = self.capture, self.detector
+        capture = self.capture
         t0 = time.perf_counter()
-        got = capture.get(GET_TIMEOUT)
-        if got is None:
+        frame = capture.get(GET_TIMEOUT)
+        if frame is None:
             return False
-        slot, frame = got[0], got[1]
-        _timed_stages(detector, frame, self.sinks, times, t0, capture.resized(slot))
-        capture.release(slot)
+        try:
+            _step_and_sinks(self.detector, frame, self.sinks, times, t0)
+        finally:
+            capture.release(frame)
         return True
 
     @property
@@ -279,32 +281,13 @@ class _OursLoop:
         self.capture.stop()
 
 
-def _timed_stages(pipeline, frame, sinks: list, times: StageTimes, t0: float, resized=None) -> None:
-    """One frame through ``pipeline``'s preprocess/invoke/postprocess and the sinks, each stage timed.
-
-    Both pipelines go through this very function, so their timings are taken the same way;
-    ``t0`` is when the wait for ``frame`` began; ``resized`` is ours' frame as the capture thread
-    already resized it.
-    """
-    clock = time.perf_counter
-    t1 = clock()
-    if resized is None:
-        pipeline.preprocess(frame)
-    else:
-        pipeline.preprocess(frame, resized)
-    t2 = clock()
-    pipeline.invoke()
-    t3 = clock()
-    results = pipeline.postprocess()
-    t4 = clock()
+def _step_and_sinks(pipeline, frame, sinks: list, times: StageTimes, t0: float) -> None:
+    """One frame through :func:`~edge.detector.step.run_frame` (the step ``edge run`` uses), then the sinks."""
+    results = run_frame(pipeline, frame, times, t0)
+    t4 = time.perf_counter()
     for sink in sinks:
-        sink(frame, results)
-    t5 = clock()
-    times.record("capture_wait", t1 - t0)
-    times.record("preprocess", t2 - t1)
-    times.record("invoke", t3 - t2)
-    times.record("postprocess", t4 - t3)
-    times.record("sinks", t5 - t4)
+        sink.write(frame, results, None)
+    times.record("sinks", time.perf_counter() - t4)
 
 
 class _UsualLoop:
@@ -315,14 +298,16 @@ class _UsualLoop:
         self.source = source
         self.sinks: list = []
         self.dropped = 0
+        self._frame = Frame()
 
     def frame(self, times: StageTimes) -> bool:
-        usual = self.usual
         t0 = time.perf_counter()
-        frame = self.source.read()
-        if frame is None:
+        image = self.source.read()
+        if image is None:
             return False
-        _timed_stages(usual, frame, self.sinks, times, t0)
+        self._frame.image = image
+        self._frame.seq += 1
+        _step_and_sinks(self.usual, self._frame, self.sinks, times, t0)
         return True
 
     def close(self) -> None:
@@ -508,7 +493,7 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
             from edge.bench.baseline import UsualPipeline
 
             norm = detector.info.normalization if detector.info else None
-            usual = UsualPipeline(model, output_indices={role: out.index for role, out in detector._out.items()},
+            usual = UsualPipeline(model, output_indices={role: out.index for role, out in detector.outputs.items()},
                                   score_threshold=settings.score_threshold, num_threads=settings.threads,
                                   runtime=settings.runtime, mean=norm.mean if norm else 127.5,
                                   std=norm.std if norm else 127.5)
@@ -526,7 +511,7 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
         for run, loop in pipelines:
             _warm_up(run, loop, settings, progress)
         # Bare invoke() then runs on a real frame, as the pipelines do (NMS work depends on it).
-        _copy_input(detector.interpreter, interpreter)
+        _copy_input(detector.backend.interpreter, interpreter)
         rounds = max(1, min(settings.rounds, settings.frames))
         for r in range(rounds):
             chunk = settings.frames * (r + 1) // rounds - settings.frames * r // rounds

@@ -93,10 +93,7 @@ def main(args: argparse.Namespace) -> int:
         raise
 
     loop = LiveLoop(detector, source, sinks, max_frames=args.max_frames, duration=args.duration,
-                    stall_timeout=args.stall_timeout, stats_every=args.stats_every, log=_log)
-    for sink in sinks:
-        if isinstance(sink, PreviewSink):
-            sink.server.set_stats(loop.live_stats)
+                    stats_every=args.stats_every, log=_log)
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()
@@ -104,8 +101,8 @@ def main(args: argparse.Namespace) -> int:
         restore()
     print(summary.format(), file=sys.stderr, flush=True)
     for sink in sinks:
-        if isinstance(sink, VideoSink) and sink.frames:
-            _log(f"wrote {sink.path} ({sink.frames} frames)")
+        if sink.report():
+            _log(sink.report())
     if summary.stop_reason == "source error":
         _log(f"source {args.source} failed: {loop.capture.error}")
         return 1

@@ -15,7 +15,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import BadFrameError, EdgeError
 from edge.contract.modelinfo import Normalization
 
 STRETCH = "stretch"
@@ -29,10 +29,6 @@ _COLOR_CODES = {
     (3, "RGB"): cv2.COLOR_BGR2RGB, (3, "BGR"): None,
     (4, "RGB"): cv2.COLOR_BGRA2RGB, (4, "BGR"): cv2.COLOR_BGRA2BGR,
 }
-
-
-class BadFrameError(EdgeError):
-    """A frame that cannot be used (empty, wrong dtype or channel count). The live loop skips it."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +140,14 @@ class FrameBuffer:
         )
         self.frame_size = (frame_h, frame_w)
         self._frame_shape = tuple(frame_shape)
+
+    def presize(self, frame_shape: tuple) -> None:
+        """Size the geometry and resize buffer for frames of ``frame_shape`` before the first one."""
+        frame_shape = tuple(frame_shape)
+        if len(frame_shape) == 3 and frame_shape[2] == 1:
+            frame_shape = frame_shape[:2]
+        if frame_shape != self._frame_shape:
+            self._configure(frame_shape)
 
     @staticmethod
     def _checked(frame: np.ndarray) -> np.ndarray:

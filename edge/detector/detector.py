@@ -1,100 +1,73 @@
-"""``Detector``: one model, one interpreter, one FrameBuffer, one Detections; ``detect(frame)``.
+"""``Detector``: one model, one backend, one FrameBuffer, one Detections; ``detect(frame)``.
 
-Everything is allocated in the constructor. Per frame: the FrameBuffer writes into the input
-tensor, ``invoke()``, and outputs are copied (``np.copyto``) into the preallocated Detections.
-Output tensors are reached through ``interpreter.tensor(i)`` functions, called where needed and
-never kept across ``invoke()`` (LiteRT refuses to run while such a view is alive).
+Everything is allocated in the constructor. Per frame: the FrameBuffer writes into the backend's
+input view, ``invoke()``, and outputs are copied (``np.copyto``) into the preallocated Detections.
+Output views are called where needed and never kept across ``invoke()`` (LiteRT refuses to run
+while such a view is alive). Which tensor is which comes from :mod:`edge.contract.heads`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge.detector.buffer import STRETCH, FrameBuffer
+from edge.backends import open_backend
+from edge.backends.base import Backend, BackendInfo
 from edge.contract.detections import Detections
-from edge.errors import EdgeError
+from edge.contract.heads import anchor_count, classify_head, postprocess_roles, raw_head_roles
 from edge.contract.labels import load_labels
-from edge.contract.tflite_file import TFLiteFile, load_model_info, read_tflite
-from edge.contract.modelinfo import HEAD_POSTPROCESS, HEAD_RAW, ModelInfo
-from edge.models import default_model_path
+from edge.contract.modelinfo import HEAD_POSTPROCESS, ModelInfo
+from edge.detector.buffer import STRETCH, FrameBuffer
 from edge.detector.rawhead import RawHeadDecoder
-from edge.backends.tflite import RuntimeInfo, load_interpreter
-
-# Output names that signatures of TF2 exports use, and the TF1 export's op-output order.
-_SIGNATURE_NAMES = {
-    "boxes": ("detection_boxes", "boxes"),
-    "classes": ("detection_classes", "classes"),
-    "scores": ("detection_scores", "scores"),
-    "count": ("num_detections", "count", "num_boxes"),
-}
-_TF1_SUFFIXES = {"": "boxes", ":0": "boxes", ":1": "classes", ":2": "scores", ":3": "count"}
-
-
-@dataclass
-class _Output:
-    index: int
-    shape: tuple
-    dtype: np.dtype
-    quantization: tuple[float, int]
+from edge.detector.step import Frame
+from edge.errors import EdgeError
+from edge.models import default_model_path
 
 
 class Detector:
-    """Detect objects in BGR frames with an SSD ``.tflite`` (post-process op or raw head).
+    """Detect objects in BGR frames with an SSD model (post-process op or raw head) on any backend.
 
     ``score_threshold`` is applied on top of the model's own; boxes come back in frame pixels.
+    ``backend`` is an already loaded :class:`~edge.backends.base.Backend` (else one is opened for
+    ``model_path`` with ``runtime`` and ``num_threads``).
     """
 
     def __init__(self, model_path: str | Path | None = None, *, labels: str | Path | list[str] | None = None,
                  score_threshold: float = 0.5, num_threads: int | None = None, runtime: str | None = None,
                  resize: str | None = None, max_detections: int | None = None,
-                 info: ModelInfo | None = None) -> None:
-        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+                 info: ModelInfo | None = None, backend: Backend | None = None) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise EdgeError(f"--score {score_threshold}: must be between 0 and 1")
         self.score_threshold = float(score_threshold)
-        self.tflite: TFLiteFile = read_tflite(self.model_path)
-        self.info: ModelInfo | None = info or load_model_info(self.model_path, self.tflite)
-        self._interpreter, self.runtime_info = load_interpreter(self.model_path, runtime, num_threads)
-        interpreter = self._interpreter
-        try:
-            interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as exc:
-            raise EdgeError(f"{self.model_path}: cannot allocate tensors ({exc})") from None
-        inputs = interpreter.get_input_details()
-        outputs = interpreter.get_output_details()
-        image_input = self._find_image_input(inputs)
-        self.input_size = (int(image_input["shape"][1]), int(image_input["shape"][2]))
+        if backend is None:
+            path = Path(model_path) if model_path is not None else default_model_path()
+            backend = open_backend(path, runtime, num_threads)
+        self.backend = backend
+        self.model_path = backend.model_path
+        self.info: ModelInfo | None = info or backend.model_info()
+        image = backend.image
+        self.input_size = (int(image.shape[1]), int(image.shape[2]))
         self.labels = self._resolve_labels(labels)
         info = self.info or ModelInfo()
-        self.buffer = FrameBuffer(
-            interpreter.tensor(image_input["index"]), image_input["shape"], image_input["dtype"],
-            tuple(image_input["quantization"]), info.normalization, info.color, resize or info.resize or STRETCH,
-        )
-        self._state_pairs = self._find_recurrent_state(inputs, outputs, image_input["index"])
-        for _, in_index in self._state_pairs:  # allocate_tensors() leaves memory as it was: state starts at zero
-            self._interpreter.tensor(in_index)().fill(0)
-        self.head = self._classify_head(outputs)
+        self.buffer = FrameBuffer(backend.view(image), image.shape, image.dtype, image.quantization,
+                                  info.normalization, info.color, resize or info.resize or STRETCH)
+        outputs = backend.detection_outputs
+        self.head = classify_head(outputs, backend.has_postprocess, self.info.head if self.info else None,
+                                  self.model_path)
         if self.head == HEAD_POSTPROCESS:
-            self._setup_postprocess(outputs)
-            capacity = self._out["boxes"].shape[1]
+            self.outputs = postprocess_roles(outputs, backend.signature_output_names(), self.model_path)
+            capacity = self.outputs["boxes"].shape[1]
         else:
+            self.outputs = raw_head_roles(outputs)
             capacity = max_detections or info.max_detections
-            self._setup_raw_head(outputs, info)
+            self._setup_raw_head(info)
+        self._views = {role: backend.view(spec) for role, spec in self.outputs.items()}
         self.detections = Detections(capacity, self.labels)
         self._yxyx = np.zeros((capacity, 4), np.float32)  # normalised, model input space
         self._keep = np.zeros(capacity, bool)
 
     # ---- construction -------------------------------------------------------------------------
-
-    def _find_image_input(self, inputs: list[dict]) -> dict:
-        images = [d for d in inputs if len(d["shape"]) == 4 and d["shape"][-1] == 3]
-        if len(images) != 1:
-            shapes = ", ".join(f"{d['name']} {list(d['shape'])}" for d in inputs)
-            raise EdgeError(f"{self.model_path}: expected one image input [1, H, W, 3], found {shapes}")
-        return images[0]
 
     def _resolve_labels(self, labels) -> list[str]:
         if isinstance(labels, (str, Path)):
@@ -103,118 +76,38 @@ class Detector:
             return list(labels)
         return list(self.info.labels) if self.info else []
 
-    def _find_recurrent_state(self, inputs, outputs, image_index) -> list[tuple[int, int]]:
-        """(output index, input index) pairs of LSTM-style state: ``raw_outputs/X`` -> ``raw_inputs/init_X``."""
-        by_name = {d["name"]: d for d in outputs}
-        pairs = []
-        for d in inputs:
-            if d["index"] == image_index:
-                continue
-            name = d["name"]
-            stem = name.split("raw_inputs/init_", 1)[-1] if "raw_inputs/init_" in name else None
-            match = by_name.get(f"raw_outputs/{stem}") if stem else None
-            if match is None or tuple(match["shape"]) != tuple(d["shape"]):
-                raise EdgeError(f"{self.model_path}: input {name} {list(d['shape'])} is neither the image nor "
-                                f"a recurrent state fed by a raw_outputs/ output")
-            pairs.append((match["index"], d["index"]))
-        return pairs
-
-    def _classify_head(self, outputs: list[dict]) -> str:
-        state_outputs = {o for o, _ in self._state_pairs}
-        outputs = [d for d in outputs if d["index"] not in state_outputs]
-        declared = self.info.head if self.info else None
-        if self.tflite.has_postprocess and declared != HEAD_RAW:
-            if len(outputs) != 4:
-                raise EdgeError(f"{self.model_path}: TFLite_Detection_PostProcess model with {len(outputs)} "
-                                "outputs, expected 4 (boxes, classes, scores, count)")
-            return HEAD_POSTPROCESS
-        shapes = [tuple(d["shape"]) for d in outputs]
-        has_boxes = any(len(s) in (3, 4) and s[-1] == 4 for s in shapes)
-        if len(outputs) == 2 and has_boxes:
-            return HEAD_RAW
-        raise EdgeError(
-            f"{self.model_path}: not an SSD detector: outputs {', '.join(str(list(s)) for s in shapes)}; "
-            "expected TFLite_Detection_PostProcess or box encodings [1, A, 4] + class scores [1, A, C]"
-        )
-
-    def _output(self, d: dict) -> _Output:
-        return _Output(d["index"], tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]),
-                       tuple(d["quantization"]))
-
-    def _setup_postprocess(self, outputs: list[dict]) -> None:
-        roles: dict[str, dict] = {}
-        signature_names = self._signature_output_names()
-        for d in outputs:
-            name = signature_names.get(d["index"], "")
-            for role, names in _SIGNATURE_NAMES.items():
-                if name in names:
-                    roles[role] = d
-        if len(roles) != 4:  # TF1 exports: TFLite_Detection_PostProcess, :1, :2, :3
-            roles = {}
-            for d in outputs:
-                base, _, suffix = d["name"].partition(":")
-                if base.endswith("TFLite_Detection_PostProcess"):
-                    role = _TF1_SUFFIXES.get(f":{suffix}" if suffix else "")
-                    if role:
-                        roles[role] = d
-        if len(roles) != 4:  # by shape: boxes [1,N,4], count [1]; classes before scores in index order
-            by_rank = sorted(outputs, key=lambda d: d["index"])
-            boxes = [d for d in by_rank if len(d["shape"]) == 3 and d["shape"][-1] == 4]
-            count = [d for d in by_rank if len(d["shape"]) == 1]
-            pairs = [d for d in by_rank if len(d["shape"]) == 2]
-            if len(boxes) != 1 or len(count) != 1 or len(pairs) != 2:
-                raise EdgeError(f"{self.model_path}: cannot tell the post-process outputs apart by name or shape")
-            roles = {"boxes": boxes[0], "count": count[0], "classes": pairs[0], "scores": pairs[1]}
-        self._out = {role: self._output(d) for role, d in roles.items()}
-        for role, out in self._out.items():
-            if out.dtype != np.float32:
-                raise EdgeError(f"{self.model_path}: post-process output '{role}' is {out.dtype}, expected float32")
-        self._tensor_fns = {role: self._interpreter.tensor(out.index) for role, out in self._out.items()}
-
-    def _signature_output_names(self) -> dict[int, str]:
-        try:
-            signatures = self._interpreter._get_full_signature_list()
-        except AttributeError:
-            return {}
-        names = {}
-        for signature in signatures.values():
-            for name, index in signature.get("outputs", {}).items():
-                names[int(index)] = name
-        return names
-
-    def _setup_raw_head(self, outputs: list[dict], info: ModelInfo) -> None:
-        state_outputs = {o for o, _ in self._state_pairs}
-        outputs = [d for d in outputs if d["index"] not in state_outputs]
-        box_out = next(d for d in outputs if d["shape"][-1] == 4)
-        score_out = next(d for d in outputs if d is not box_out)
-        num_anchors = int(np.prod(box_out["shape"][:-1]))
+    def _setup_raw_head(self, info: ModelInfo) -> None:
+        encodings, logits = self.outputs["encodings"], self.outputs["logits"]
+        num_anchors = anchor_count(encodings)
         if info.anchors is None:
             raise EdgeError(f"{self.model_path}: raw SSD head ({num_anchors} anchors) but no anchor config; "
                             f"describe it in {self.model_path.with_suffix('.json')}")
-        self._raw = RawHeadDecoder(info, int(score_out["shape"][-1]))
-        if self._raw.num_anchors != num_anchors or int(np.prod(score_out["shape"][:-1])) != num_anchors:
+        classes = int(logits.shape[-1])
+        self._raw = RawHeadDecoder(info, classes)
+        if self._raw.num_anchors != num_anchors or anchor_count(logits) != num_anchors:
             raise EdgeError(f"{self.model_path}: the anchor config gives {self._raw.num_anchors} anchors but the "
-                            f"model outputs {list(box_out['shape'])} and {list(score_out['shape'])}")
-        self._out = {"encodings": self._output(box_out), "logits": self._output(score_out)}
-        self._tensor_fns = {role: self._interpreter.tensor(out.index) for role, out in self._out.items()}
+                            f"model outputs {list(encodings.shape)} and {list(logits.shape)}")
         # Float copies of the outputs, dequantized in place for integer heads.
         self._encodings = np.zeros((num_anchors, 4), np.float32)
-        self._logits = np.zeros((num_anchors, int(score_out["shape"][-1])), np.float32)
+        self._logits = np.zeros((num_anchors, classes), np.float32)
 
     # ---- per frame ----------------------------------------------------------------------------
 
-    def preprocess(self, frame: np.ndarray, resized: np.ndarray | None = None) -> None:
-        """``frame`` into the input tensor; ``resized``: ``self.buffer.resize(frame)`` made beforehand
-        (the capture thread does it), leaving only colour order and encoding to do here."""
-        if resized is None:
-            self.buffer.write(frame)
-        else:
-            self.buffer.write_resized(resized, frame.shape)
+    def preprocess(self, frame: Frame | np.ndarray) -> None:
+        """A :class:`~edge.detector.step.Frame` (or a bare image) into the input tensor.
+
+        When the capture thread already resized the frame (``frame.resized``), only colour order and
+        encoding are left to do here.
+        """
+        if isinstance(frame, Frame):
+            if frame.resized is not None:
+                self.buffer.write_resized(frame.resized, frame.image.shape)
+                return
+            frame = frame.image
+        self.buffer.write(frame)
 
     def invoke(self) -> None:
-        self._interpreter.invoke()
-        for out_index, in_index in self._state_pairs:
-            np.copyto(self._interpreter.tensor(in_index)(), self._interpreter.tensor(out_index)())
+        self.backend.invoke()
 
     def postprocess(self) -> Detections:
         det = self.detections
@@ -243,7 +136,7 @@ class Detector:
         return self.postprocess()
 
     def _copy_postprocess_outputs(self) -> int:
-        det, fns = self.detections, self._tensor_fns
+        det, fns = self.detections, self._views
         count = min(int(fns["count"]()[0]), det.capacity)
         # Only the first `count` rows are defined: the op leaves the rest uninitialised (NaN seen).
         np.copyto(self._yxyx[:count], fns["boxes"]()[0, :count])
@@ -257,8 +150,8 @@ class Detector:
     def _decode_raw_head(self) -> int:
         det = self.detections
         for role, dst in (("encodings", self._encodings), ("logits", self._logits)):
-            out = self._out[role]
-            src = self._tensor_fns[role]().reshape(dst.shape)
+            out = self.outputs[role]
+            src = self._views[role]().reshape(dst.shape)
             if out.dtype == np.float32:
                 np.copyto(dst, src)
             else:
@@ -271,8 +164,8 @@ class Detector:
     # ---- description --------------------------------------------------------------------------
 
     @property
-    def interpreter(self):
-        return self._interpreter
+    def runtime_info(self) -> BackendInfo:
+        return self.backend.info
 
     def describe(self) -> str:
         return (f"{self.model_path.name}: {self.head} head, input {self.input_size[1]}x{self.input_size[0]} "

@@ -2,7 +2,9 @@
 
 Each stage keeps its last ``capacity`` durations in a preallocated float64 array, so recording a
 frame's timings all day allocates nothing and memory stays flat; percentiles are computed over that
-window (the recent past), which is what a stats line should describe.
+window (the recent past), which is what a stats line should describe. The arrays are written once
+in the constructor: ``np.zeros`` pages would otherwise become resident one by one as frames are
+recorded, which reads as RSS growth during the first frames.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class StageTimes:
         self.capacity = int(capacity)
         self._index = {name: i for i, name in enumerate(self.stages)}
         self._values = np.zeros((len(self.stages), self.capacity), np.float64)
+        self._values.fill(0.0)  # resident now, not page by page inside the loop
         self._count = np.zeros(len(self.stages), np.int64)  # total recorded, ever
         self._totals = np.zeros(len(self.stages), np.float64)  # seconds, ever
 
@@ -35,6 +38,12 @@ class StageTimes:
         self._values[i, n % self.capacity] = seconds
         self._count[i] = n + 1
         self._totals[i] += seconds
+
+    def last(self, stage: str) -> float:
+        """The most recent duration of ``stage`` in seconds (0.0 before the first)."""
+        i = self._index[stage]
+        n = int(self._count[i])
+        return float(self._values[i, (n - 1) % self.capacity]) if n else 0.0
 
     def count(self, stage: str) -> int:
         return int(self._count[self._index[stage]])

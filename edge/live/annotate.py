@@ -29,6 +29,10 @@ class Annotator:
         self._scale = 0.5
         self._line = 2
 
+    def presize(self, frame_shape: tuple) -> None:
+        """Allocate the canvas for frames of ``frame_shape`` before the first one."""
+        self._prepare(np.zeros(frame_shape[:2], np.uint8))
+
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
         canvas = self._canvas

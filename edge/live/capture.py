@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from edge.live.sources import Source
+from edge.detector.step import Frame
+from edge.errors import BadFrameError, first_line
+from edge.live.sources import FrameCounters, SkippedInput, Source
 
 RING_SLOTS = 4  # latest + held by the detector + being written + one spare for an abandoned reader
 BACKOFF_START, BACKOFF_MAX = 0.25, 8.0  # seconds between reconnect attempts
@@ -30,29 +31,15 @@ GIVE_UP_AFTER = 5  # consecutive failed reads after which a file/folder/syntheti
 FREE, WRITING, READY, HELD = 0, 1, 2, 3
 
 
-@dataclass
-class CaptureCounters:
-    frames_read: int = 0  # frames delivered by the source
-    frames_dropped: int = 0  # read but never given to the detector (newer frame won)
-    read_errors: int = 0  # reads that raised, or live streams that ended
-    reconnects: int = 0  # successful reopenings
-    stalls: int = 0  # reads or opens abandoned after stall_timeout
-
-
 class FrameRing:
-    """``RING_SLOTS`` frames, each FREE, WRITING (reader), READY (newest) or HELD (detector).
-
-    ``resized[i]`` is frame ``i`` already resized to the model input (when the capture was given a
-    ``prepare`` function), valid when ``resized_ok[i]``.
-    """
+    """``RING_SLOTS`` reused :class:`Frame` objects, each FREE, WRITING (reader), READY (newest) or
+    HELD (detector). A slot keeps its image and resize buffers from frame to frame."""
 
     def __init__(self, slots: int = RING_SLOTS) -> None:
-        self.frames: list[np.ndarray | None] = [None] * slots
-        self.resized: list[np.ndarray | None] = [None] * slots
-        self.resized_ok = [False] * slots
+        self.frames = [Frame(slot=i) for i in range(slots)]
         self.state = [FREE] * slots
-        self.seq = [0] * slots
-        self.stamp = [0.0] * slots
+        # The resize buffer a slot owns: Frame.resized points at it only while it holds this frame's resize.
+        self.resize_buffers: list[np.ndarray | None] = [None] * slots
 
 
 class Capture:
@@ -61,30 +48,33 @@ class Capture:
     ``log`` receives one-line messages about stalls and reconnects (the CLI prints them).
     ``prepare(frame, previous) -> resized`` (e.g. ``FrameBuffer.resize``) runs on the capture thread
     right after each frame is read, while the frame is still in that CPU's cache; the detector then
-    finds the result through :meth:`resized` and only colour-converts it into its input tensor.
+    finds the result in ``Frame.resized`` and only colour-converts it into its input tensor. A frame
+    ``prepare`` refuses (:class:`~edge.errors.BadFrameError`) is counted bad and not published; any
+    other exception is a bug and ends the capture with :attr:`error` set.
+    ``stall_timeout`` defaults to the source's own (the one it bounds network reads with).
     """
 
-    def __init__(self, source: Source, *, stall_timeout: float = 5.0, log: Callable[[str], None] | None = None,
+    def __init__(self, source: Source, *, stall_timeout: float | None = None,
+                 log: Callable[[str], None] | None = None,
                  backoff: tuple[float, float] = (BACKOFF_START, BACKOFF_MAX),
                  prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None) -> None:
         self.source = source
         self._prepare = prepare
         self.live = bool(source.live)
-        self.stall_timeout = float(stall_timeout)
-        self.counters = CaptureCounters()
+        self.stall_timeout = float(stall_timeout if stall_timeout is not None else source.stall_timeout)
+        self.counters: FrameCounters = source.counters
         self._log = log or (lambda message: None)
         self._backoff = backoff
         self._ring = FrameRing()
         self._cond = threading.Condition(threading.Lock())
         self._latest = -1  # slot index of the newest READY frame, -1 if none
-        self._held = -1
         self._seq = 0
+        self._bad_logged = 0
         self._ended = False
         self._stop = threading.Event()
         self._generation = 0
         self._busy_since = 0.0  # monotonic start of the reader's current blocking call, 0 when idle
         self._busy_what = ""
-        self._last_frame_time = time.monotonic()
         self._thread: threading.Thread | None = None
         self._abandoned: list[threading.Thread] = []
         self._stall_delay = backoff[0]  # grows with each stall in a row, reset by a frame
@@ -93,9 +83,20 @@ class Capture:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "Capture":
-        self._last_frame_time = time.monotonic()
         self._spawn(reopen_first=False)
         return self
+
+    def presize(self, shape: tuple[int, ...] | None = None) -> None:
+        """Allocate every slot's image and resize buffer now, for frames of ``shape`` (default: the
+        source's :attr:`~edge.live.sources.Source.frame_shape`); no-op when the shape is unknown."""
+        shape = shape or self.source.frame_shape
+        if not shape:
+            return
+        ring = self._ring
+        for i, frame in enumerate(ring.frames):
+            frame.image = np.zeros(shape, np.uint8)
+            if self._prepare is not None:
+                ring.resize_buffers[i] = self._prepare(frame.image, None)
 
     def _spawn(self, reopen_first: bool, delay: float | None = None) -> None:
         self._generation += 1
@@ -125,12 +126,11 @@ class Capture:
 
     # ---- consumer side ------------------------------------------------------------------------
 
-    def get(self, timeout: float) -> tuple[int, np.ndarray, int, float] | None:
-        """``(slot, frame, seq, time)`` of the newest frame not yet taken, or ``None`` after ``timeout``.
-
-        The frame stays valid until :meth:`release`. ``seq`` counts frames read from the source
-        (0-based), so gaps show dropped frames; ``time`` is the wall-clock capture time.
-        Returns ``None`` at once when the source has ended.
+    def get(self, timeout: float) -> Frame | None:
+        """The newest :class:`Frame` not yet taken, or ``None`` after ``timeout`` (at once when the
+        source has ended). It stays valid until :meth:`release`. ``seq`` counts frames read from
+        the source (0-based), so gaps show dropped frames; ``stamp`` is the wall-clock capture time.
+        A frame whose ``error`` is set is an input the source skipped (its ``name`` says which).
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -144,23 +144,15 @@ class Capture:
                 if self._latest < 0:
                     self._check_stall()
             slot = self._latest
-            ring = self._ring
-            ring.state[slot] = HELD
-            self._held = slot
+            self._ring.state[slot] = HELD
             self._latest = -1
             self._cond.notify_all()  # a non-live reader may be waiting for the frame to be taken
-            return slot, ring.frames[slot], ring.seq[slot], ring.stamp[slot]
+            return self._ring.frames[slot]
 
-    def resized(self, slot: int) -> np.ndarray | None:
-        """The held frame's ``prepare`` output, or None (no ``prepare``, or it refused the frame:
-        the detector's own path then meets the frame and reports what is wrong with it)."""
-        return self._ring.resized[slot] if self._ring.resized_ok[slot] else None
-
-    def release(self, slot: int) -> None:
+    def release(self, frame: Frame) -> None:
         with self._cond:
-            if self._ring.state[slot] == HELD:
-                self._ring.state[slot] = FREE
-            self._held = -1
+            if self._ring.state[frame.slot] == HELD:
+                self._ring.state[frame.slot] = FREE
             self._cond.notify_all()
 
     def _check_stall(self) -> None:
@@ -174,7 +166,7 @@ class Capture:
         self._abandoned = [t for t in self._abandoned if t.is_alive()]
         if len(self._abandoned) >= MAX_ABANDONED:
             return  # the backend is wedged: more threads would not help; check again later
-        self.counters.stalls += 1
+        self.counters.add("stalls")
         self._log(f"source {self.source.spec}: no frame for {blocked:.1f} s ({self._busy_what} stalled); reopening")
         self._busy_since = 0.0
         if self._thread is not None:
@@ -197,6 +189,22 @@ class Capture:
             self._busy_since = 0.0
 
     def _reader(self, generation: int, reopen_first: bool, delay: float | None = None) -> None:
+        try:
+            self._read_until_stopped(generation, reopen_first, delay)
+        except Exception as exc:  # a bug, not a source fault: end the run and say so rather than die silently
+            self._log(f"source {self.source.spec}: capture failed ({first_line(exc, with_type=True)})")
+            self._end(generation, exc)
+
+    def _end(self, generation: int, error: BaseException | None = None) -> None:
+        with self._cond:
+            if generation != self._generation:
+                return
+            if error is not None:
+                self.error = error
+            self._ended = True
+            self._cond.notify_all()
+
+    def _read_until_stopped(self, generation: int, reopen_first: bool, delay: float | None) -> None:
         source = self.source
         delay = delay or self._backoff[0]
         must_reopen = reopen_first
@@ -212,55 +220,65 @@ class Capture:
                     self._idle(generation)
                     if not self._current(generation):
                         return
-                    self._log(f"source {source.spec}: reconnect failed ({_one_line(exc)}); retrying in "
-                              f"{min(delay * 2, self._backoff[1]):.1f} s")
+                    self._log(f"source {source.spec}: reconnect failed ({first_line(exc, with_type=True)}); "
+                              f"retrying in {min(delay * 2, self._backoff[1]):.1f} s")
                     delay = min(delay * 2, self._backoff[1])
                     continue
                 self._idle(generation)
                 if not self._current(generation):
                     return
-                self.counters.reconnects += 1
+                self.counters.add("reconnects")
                 self._log(f"source {source.spec}: reconnected")
                 must_reopen = False
                 delay = self._backoff[0]
             self._blocking(generation, "read")
             try:
-                frame = source.read()
+                image = source.read()
+            except SkippedInput as skipped:  # one bad input (the source counted it): go on with the next
+                self._idle(generation)
+                if not self._current(generation):
+                    return
+                self._log_bad(f"skipped {skipped}")
+                if not self.live:  # in order with the frames, so sinks can name it
+                    self._publish(generation, None, skipped)
+                continue
             except Exception as exc:
                 self._idle(generation)
                 if not self._current(generation):
                     return
-                self.counters.read_errors += 1
+                self.counters.add("read_errors")
                 failures += 1
                 if not source.reconnectable and failures >= GIVE_UP_AFTER:
-                    self._log(f"source {source.spec}: {failures} reads in a row failed ({_one_line(exc)}); giving up")
-                    with self._cond:
-                        self.error = exc
-                        self._ended = True
-                        self._cond.notify_all()
+                    self._log(f"source {source.spec}: {failures} reads in a row failed "
+                              f"({first_line(exc, with_type=True)}); giving up")
+                    self._end(generation, exc)
                     return
-                self._log(f"source {source.spec}: read failed ({_one_line(exc)}); reopening")
+                self._log(f"source {source.spec}: read failed ({first_line(exc, with_type=True)}); reopening")
                 must_reopen = True
                 continue
             self._idle(generation)
             if not self._current(generation):
                 return  # abandoned while blocked: this frame belongs to nobody
-            if frame is None:
+            if image is None:
                 if source.reconnectable:
-                    self.counters.read_errors += 1
+                    self.counters.add("read_errors")
                     self._log(f"source {source.spec}: stream ended; reopening")
                     must_reopen = True
                     continue
-                with self._cond:
-                    self._ended = True
-                    self._cond.notify_all()
+                self._end(generation)
                 return
             failures = 0
             self._stall_delay = self._backoff[0]
-            self.counters.frames_read += 1
-            self._publish(generation, frame)
+            self._publish(generation, image)
 
-    def _publish(self, generation: int, frame: np.ndarray) -> None:
+    def _log_bad(self, message: str) -> None:
+        self._bad_logged += 1
+        n = self._bad_logged
+        if n <= 3 or n % 100 == 0:
+            self._log(message + (f" ({n} so far)" if n > 1 else ""))
+
+    def _take_slot(self, generation: int) -> int:
+        """A FREE slot marked WRITING, or -1 (stopped, or every slot busy: the frame is dropped)."""
         ring = self._ring
         with self._cond:
             if not self.live:
@@ -268,41 +286,46 @@ class Capture:
                 while self._latest >= 0 and self._current(generation):
                     self._cond.wait(0.2)
                 if not self._current(generation):
-                    return
+                    return -1
             slot = next((i for i, s in enumerate(ring.state) if s == FREE), -1)
             if slot < 0:  # every slot busy (an abandoned reader mid-copy): drop this one
-                self.counters.frames_dropped += 1
-                return
+                self.counters.add("frames_dropped")
+                return -1
             ring.state[slot] = WRITING
-        target = ring.frames[slot]
-        if target is None or target.shape != frame.shape or target.dtype != frame.dtype:
-            # Only on the first frame or a frame-size change.
-            target = ring.frames[slot] = np.empty(frame.shape, frame.dtype)
-        np.copyto(target, frame)
-        resized_ok = False
-        if self._prepare is not None:
-            try:
-                ring.resized[slot] = self._prepare(target, ring.resized[slot])
-                resized_ok = True
-            except Exception:  # a bad frame: the detector thread counts it when it gets there
-                pass
+            return slot
+
+    def _publish(self, generation: int, image: np.ndarray | None, skipped: SkippedInput | None = None) -> None:
+        slot = self._take_slot(generation)
+        if slot < 0:
+            return
+        ring = self._ring
+        frame = ring.frames[slot]
+        frame.error, frame.name, frame.resized = None, self.source.frame_name, None
+        if skipped is not None:
+            frame.error, frame.name = skipped.reason, skipped.name
+        else:
+            if frame.image is None or frame.image.shape != image.shape or frame.image.dtype != image.dtype:
+                frame.image = np.empty(image.shape, image.dtype)  # first frame, or a size change
+            np.copyto(frame.image, image)
+            if self._prepare is not None:
+                try:
+                    frame.resized = ring.resize_buffers[slot] = self._prepare(frame.image, ring.resize_buffers[slot])
+                except BadFrameError as exc:
+                    self.counters.add("bad_frames")
+                    self._log_bad(f"frame {self._seq}: skipped ({exc})")
+                    with self._cond:
+                        ring.state[slot] = FREE
+                    return
         with self._cond:
             if not self._current(generation):
                 ring.state[slot] = FREE
                 return
-            ring.resized_ok[slot] = resized_ok
             if self._latest >= 0:  # the detector never took it: a newer frame wins
                 ring.state[self._latest] = FREE
-                self.counters.frames_dropped += 1
+                self.counters.add("frames_dropped")
             ring.state[slot] = READY
-            ring.seq[slot] = self._seq
-            ring.stamp[slot] = time.time()
+            frame.seq = self._seq
+            frame.stamp = time.time()
             self._seq += 1
             self._latest = slot
-            self._last_frame_time = time.monotonic()
             self._cond.notify_all()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -6,10 +6,12 @@ Usable without the CLI::
     summary = loop.run()
 
 Capture overlaps with inference (:mod:`edge.live.capture` reads and resizes the next frame on its own
-thread while ``invoke()`` runs). Per frame the loop allocates nothing frame-sized: the capture ring, the input
-tensor, the detections and the annotated copy are all reused. :meth:`LiveLoop.stop` (and SIGINT /
-SIGTERM, see :meth:`LiveLoop.install_signal_handlers`) finishes the current frame, closes the sinks
-and returns the summary.
+thread while ``invoke()`` runs). Each frame goes through :func:`~edge.detector.step.run_frame`, the
+step ``edge bench`` measures too. Per frame the loop allocates nothing frame-sized: the capture ring,
+the input tensor, the detections and the annotated copy are all reused, and sized before the first
+frame where the source knows its frame size. :meth:`LiveLoop.stop` (and SIGINT / SIGTERM / SIGHUP,
+see :meth:`LiveLoop.install_signal_handlers`) finishes the current frame, closes the sinks and
+returns the summary.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edge.live.annotate import Annotator
-from edge.detector.buffer import BadFrameError
-from edge.live.capture import Capture
-from edge.memory import peak_rss_bytes, rss_bytes
-from edge.live.sinks import Sink
-from edge.live.sources import DEFAULT_STALL_TIMEOUT, Source
 from edge.detector.stages import STAGES, StageTimes
+from edge.detector.step import Frame, run_frame
+from edge.errors import BadFrameError
+from edge.live.annotate import Annotator
+from edge.live.capture import Capture
+from edge.live.sinks import Sink
+from edge.live.sources import Source
+from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, rss_slope
 
 RSS_SAMPLE_CAPACITY = 4096  # samples kept (a ring): 100-frame steps cover 400k frames
 WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (allocators and caches settle)
@@ -69,9 +72,7 @@ class RunSummary:
         points = [(f, r) for f, r in self.rss_samples if f >= warmup_frames]
         if len(points) < 3:
             return None
-        x = np.array([p[0] for p in points], np.float64)
-        y = np.array([p[1] for p in points], np.float64)
-        return float(np.polyfit(x, y, 1)[0])
+        return rss_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -115,9 +116,8 @@ class LiveLoop:
     """
 
     def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
-                 duration: float | None = None, stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-                 stats_every: float = 5.0, rss_every: int = 100, log: Callable[[str], None] | None = None,
-                 overlay: bool = True) -> None:
+                 duration: float | None = None, stats_every: float = 5.0, rss_every: int = 100,
+                 log: Callable[[str], None] | None = None, overlay: bool = True) -> None:
         self.detector = detector
         self.source = source
         self.sinks = list(sinks)
@@ -128,25 +128,27 @@ class LiveLoop:
         self.overlay = overlay
         self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
         # The capture thread also resizes each frame for the model, while the frame is in its cache.
-        self.capture = Capture(source, stall_timeout=stall_timeout, log=self._log, prepare=detector.buffer.resize)
+        self.capture = Capture(source, log=self._log, prepare=detector.buffer.resize)
+        self.counters = self.capture.counters
         self.times = StageTimes(STAGES)
+        self.rss = RssSampler(RSS_SAMPLE_CAPACITY * max(1, rss_every), max(1, rss_every), ring=True)
         self.annotator = Annotator()
         self._annotating_sinks = [s for s in self.sinks if s.needs_annotation]
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
-        self._labels = list(getattr(detector, "labels", []) or [])
+        self._labels = list(detector.labels)
         self._label_counts = np.zeros(len(self._labels) + 1, np.int64)  # last slot: ids outside labels
-        self._rss_frames = np.zeros(RSS_SAMPLE_CAPACITY, np.int64)
-        self._rss_values = np.zeros(RSS_SAMPLE_CAPACITY, np.int64)
-        self._rss_count = 0
         self.processed = 0
-        self.bad_frames = 0
         self.detections_total = 0
         self.fps_recent = 0.0
         self.last_invoke_s = 0.0
         self.rss_start = 0
         self._started = 0.0
         self._running = False
+        self._clock = time.perf_counter
+        self._t_prev = self._last_stats = self._fps_t0 = 0.0
+        self._fps_n0 = 0
+        self._bad_logged = 0
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class LiveLoop:
         self._stop_event.set()
 
     def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
+        """SIGINT/SIGTERM/SIGHUP -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
         previous = {}
 
         def handler(signum, _frame):
@@ -167,8 +169,9 @@ class LiveLoop:
             self._log(f"{name}: finishing the current frame")
             self.stop(name)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, handler)
 
         def restore() -> None:
             for sig, old in previous.items():
@@ -176,18 +179,24 @@ class LiveLoop:
 
         return restore
 
+    def presize(self) -> None:
+        """Allocate the frame-sized buffers now when the source knows its frame size (synthetic,
+        most cameras and files after open); otherwise they are sized on the first frame."""
+        shape = self.source.frame_shape
+        if not shape:
+            return
+        self.capture.presize(shape)
+        self.detector.buffer.presize(shape)
+        if self._annotating_sinks:
+            self.annotator.presize(shape)
+
     # ---- live numbers (read by the preview page from another thread) --------------------------
 
     def live_stats(self) -> dict:
-        counters = self.capture.counters
         invoke = self.times.percentiles("invoke")
         return {
-            "frames_read": counters.frames_read,
+            **self.counters.to_dict(),
             "frames_processed": self.processed,
-            "frames_dropped": counters.frames_dropped,
-            "bad_frames": self.bad_frames,
-            "reconnects": counters.reconnects,
-            "stalls": counters.stalls,
             "fps": round(self.fps_recent, 2),
             "invoke_ms_p50": round(invoke["p50"] * 1e3, 2),
             "invoke_ms_last": round(self.last_invoke_s * 1e3, 2),
@@ -201,88 +210,103 @@ class LiveLoop:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        detector, capture, times, sinks = self.detector, self.capture, self.times, self.sinks
-        clock = time.perf_counter
+        self._begin()
+        try:
+            while not self._should_stop():
+                frame = self.capture.get(0.25)
+                if frame is None:
+                    self._idle()
+                    continue
+                try:
+                    processed = self._handle(frame)
+                finally:
+                    self.capture.release(frame)
+                if processed:
+                    self._after_frame()
+                self._t_prev = self._clock()
+        finally:
+            self._finish()
+        return self._summary(self._clock() - self._run_t0)
+
+    def _begin(self) -> None:
+        self.presize()
+        for sink in self.sinks:
+            sink.start(self.live_stats)
         self.rss_start = rss_bytes()
         self._started = time.monotonic()
         self._running = True
-        started = clock()
-        last_stats = started
-        fps_t0, fps_n0 = started, 0
-        capture.start()
+        self._run_t0 = self._t_prev = self._last_stats = self._fps_t0 = self._clock()
+        self.capture.start()
+
+    def _should_stop(self) -> bool:
+        if self._stop_event.is_set():
+            return True
+        if self.max_frames is not None and self.processed >= self.max_frames:
+            self.stop("max-frames")
+        elif self.duration is not None and self._clock() - self._run_t0 >= self.duration:
+            self.stop("duration")
+        return self._stop_event.is_set()
+
+    def _idle(self) -> None:
+        """No frame came within the wait: the source ended, or the stats line says we are waiting."""
+        if self.capture.ended:
+            self.stop("source error" if self.capture.error else "end of source")
+            return
+        now = self._clock()
+        if self.stats_every and now - self._last_stats >= self.stats_every:
+            self._last_stats = now
+            self._log(self._stats_line(waiting=True))
+
+    def _handle(self, frame: Frame) -> bool:
+        """One frame through the detector and the sinks; False when it was not processed."""
+        if frame.error is not None:  # an input the source skipped (already counted and logged)
+            for sink in self.sinks:
+                sink.skipped(frame)
+            return False
         try:
-            t_prev = clock()
-            while not self._stop_event.is_set():
-                if self.max_frames is not None and self.processed >= self.max_frames:
-                    self.stop("max-frames")
-                    break
-                if self.duration is not None and clock() - started >= self.duration:
-                    self.stop("duration")
-                    break
-                item = capture.get(0.25)
-                now = clock()
-                if item is None:
-                    if capture.ended:
-                        self.stop("source error" if capture.error else "end of source")
-                        break
-                    if self.stats_every and now - last_stats >= self.stats_every:
-                        last_stats = now
-                        self._log(self._stats_line(waiting=True))
-                    continue
-                slot, frame, seq, stamp = item
-                try:
-                    times.record("capture_wait", now - t_prev)
-                    try:
-                        detector.preprocess(frame, capture.resized(slot))
-                    except BadFrameError as exc:
-                        self.bad_frames += 1
-                        if self.bad_frames <= 3 or self.bad_frames % 100 == 0:
-                            self._log(f"frame {seq}: skipped ({exc}); {self.bad_frames} bad so far")
-                        t_prev = clock()
-                        continue
-                    t1 = clock()
-                    detector.invoke()
-                    t2 = clock()
-                    detections = detector.postprocess()
-                    t3 = clock()
-                    annotated = None
-                    if self._wants_annotation():
-                        status = f"{self.fps_recent:.1f} fps  {detections.count} objects" if self.overlay else None
-                        annotated = self.annotator.draw(frame, detections, status)
-                    for sink in sinks:
-                        sink.write(seq, stamp, frame, detections, annotated)
-                finally:
-                    capture.release(slot)
-                t4 = clock()
-                times.record("preprocess", t1 - now)
-                times.record("invoke", t2 - t1)
-                times.record("postprocess", t3 - t2)
-                times.record("sinks", t4 - t3)
-                self.last_invoke_s = t2 - t1
-                self._count_detections(detections)
-                self.processed += 1
-                if self.rss_every and self.processed % self.rss_every == 0:
-                    self._sample_rss()
-                if t4 - fps_t0 >= 1.0:
-                    self.fps_recent = (self.processed - fps_n0) / (t4 - fps_t0)
-                    fps_t0, fps_n0 = t4, self.processed
-                if self.stats_every and t4 - last_stats >= self.stats_every:
-                    last_stats = t4
-                    self._log(self._stats_line())
-                t_prev = t4
-        finally:
-            self._running = False
-            capture.stop()
-            errors = []
-            for sink in sinks:
-                try:
-                    sink.close()
-                except Exception as exc:  # close every sink even if one fails
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
-        elapsed = clock() - started
-        return self._summary(elapsed)
+            detections = run_frame(self.detector, frame, self.times, self._t_prev)
+        except BadFrameError as exc:
+            self.counters.add("bad_frames")
+            self._bad_logged += 1
+            if self._bad_logged <= 3 or self._bad_logged % 100 == 0:
+                self._log(f"frame {frame.seq}: skipped ({exc}); {self.counters.bad_frames} bad so far")
+            return False
+        t0 = self._clock()
+        annotated = None
+        if self._wants_annotation():
+            status = f"{self.fps_recent:.1f} fps  {detections.count} objects" if self.overlay else None
+            annotated = self.annotator.draw(frame.image, detections, status)
+        for sink in self.sinks:
+            sink.write(frame, detections, annotated)
+        self.times.record("sinks", self._clock() - t0)
+        self._count_detections(detections)
+        return True
+
+    def _after_frame(self) -> None:
+        """Counting, RSS samples, the recent fps and the periodic stats line."""
+        self.processed += 1
+        self.last_invoke_s = self.times.last("invoke")
+        if self.rss_every and self.processed % self.rss_every == 0:
+            self.rss.sample(self.processed)
+        now = self._clock()
+        if now - self._fps_t0 >= 1.0:
+            self.fps_recent = (self.processed - self._fps_n0) / (now - self._fps_t0)
+            self._fps_t0, self._fps_n0 = now, self.processed
+        if self.stats_every and now - self._last_stats >= self.stats_every:
+            self._last_stats = now
+            self._log(self._stats_line())
+
+    def _finish(self) -> None:
+        self._running = False
+        self.capture.stop()
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close every sink even if one fails
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _wants_annotation(self) -> bool:
         for sink in self._annotating_sinks:
@@ -291,40 +315,29 @@ class LiveLoop:
         return False
 
     def _count_detections(self, detections) -> None:
-        n = detections.count
-        self.detections_total += n
+        self.detections_total += detections.count
         counts, last = self._label_counts, len(self._label_counts) - 1
         for cid in detections.class_ids:
             counts[cid if 0 <= cid < last else last] += 1
 
-    def _sample_rss(self) -> None:
-        i = self._rss_count % RSS_SAMPLE_CAPACITY
-        self._rss_frames[i] = self.processed
-        self._rss_values[i] = rss_bytes()
-        self._rss_count += 1
-
     def _stats_line(self, waiting: bool = False) -> str:
-        c = self.capture.counters
         invoke = self.times.percentiles("invoke")
         wait = " (waiting for frames)" if waiting else ""
         return (f"{self.processed} frames, {self.fps_recent:.1f} fps, invoke p50 {invoke['p50'] * 1e3:.1f} ms, "
-                f"dropped {c.frames_dropped}, RSS {rss_bytes() / 2**20:.1f} MB{wait}")
+                f"dropped {self.counters.frames_dropped}, RSS {rss_bytes() / 2**20:.1f} MB{wait}")
 
     def _summary(self, elapsed: float) -> RunSummary:
-        c = self.capture.counters
-        n = min(self._rss_count, RSS_SAMPLE_CAPACITY)
-        order = np.argsort(self._rss_frames[:n], kind="stable")
-        samples = [(int(self._rss_frames[i]), int(self._rss_values[i])) for i in order]
+        c = self.counters
         by_label = {}
         for i, count in enumerate(self._label_counts):
             if count:
                 name = self._labels[i] if i < len(self._labels) else "other"
                 by_label[name] = by_label.get(name, 0) + int(count)
         return RunSummary(
-            frames_read=c.frames_read + getattr(self.source, "bad_frames", 0),
+            frames_read=c.frames_read,
             frames_processed=self.processed,
             frames_dropped=c.frames_dropped,
-            bad_frames=self.bad_frames + getattr(self.source, "bad_frames", 0),
+            bad_frames=c.bad_frames,
             read_errors=c.read_errors,
             reconnects=c.reconnects,
             stalls=c.stalls,
@@ -336,6 +349,6 @@ class LiveLoop:
             rss_peak=peak_rss_bytes(),
             detections=self.detections_total,
             detections_by_label=by_label,
-            rss_samples=samples,
+            rss_samples=[(int(f), int(r)) for f, r in zip(self.rss.frames, self.rss.rss)],
             stop_reason=self._stop_reason or "stopped",
         )

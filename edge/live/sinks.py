@@ -1,8 +1,11 @@
 """Where the live loop's results go: JSON lines, an annotated video file, the preview page.
 
-A sink gets, per processed frame, the source frame number, the capture time (Unix seconds), the
-frame, the detections (views, valid during the call) and the annotated copy (or ``None`` when no
-sink asked for one). Sinks must not keep references to any of them past the call.
+A sink gets, per processed frame, the :class:`~edge.detector.step.Frame` (image, source frame
+number, capture time in Unix seconds, file name for image sources), the detections (views, valid
+during the call) and the annotated copy (or ``None`` when no sink asked for one); per input the
+source skipped, the frame with its ``error``. Sinks must not keep references to any of them past
+the call. A new sink subclasses :class:`Sink` here and is built in ``edge.commands.run``'s
+``build_sinks``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import cv2
 import numpy as np
 
 from edge.contract.detections import Detections
+from edge.detector.step import Frame
 from edge.errors import EdgeError
 
 # Container -> FourCC that OpenCV's FFmpeg backend writes without extra codecs (pip wheels included).
@@ -27,29 +31,37 @@ class Sink:
     """Base: ``needs_annotation`` asks the loop to draw the annotated copy before :meth:`write`."""
 
     needs_annotation = False
-    name = "sink"
+
+    def start(self, stats: Callable[[], dict]) -> None:
+        """Called once before the first frame; ``stats()`` gives the loop's live numbers."""
 
     def wants_frame(self) -> bool:
         """Whether this sink will use the next frame (lets the loop skip annotating for nobody)."""
         return True
 
-    def write(self, frame_index: int, timestamp: float, frame: np.ndarray, detections: Detections,
-              annotated: np.ndarray | None) -> None:
+    def write(self, frame: Frame, detections: Detections, annotated: np.ndarray | None) -> None:
         raise NotImplementedError
+
+    def skipped(self, frame: Frame) -> None:
+        """An input the source could not use: ``frame.name`` and ``frame.error`` say which and why."""
 
     def close(self) -> None:
         pass
 
+    def report(self) -> str | None:
+        """One line for the user after the run (what was written), or None."""
+        return None
+
 
 class JsonLinesSink(Sink):
-    """One JSON object per processed frame: ``{"frame", "time", "width", "height", "detections"}``.
+    """One JSON object per processed frame: ``{"frame", "time", "width", "height", "detections"}``,
+    plus ``"file"`` for frames from image files.
 
     ``detections`` is a list of ``{"label", "class_id", "score", "box": [x0, y0, x1, y1]}`` with boxes
-    in frame pixels. ``"-"`` writes to stdout. Each line is written whole and flushed, so the file is
-    valid JSON lines after any interruption and can be followed with ``tail -f``.
+    in frame pixels. An input the source skipped gets ``{"frame", "time", "file", "error"}``. ``"-"``
+    writes to stdout. Each line is written whole and flushed, so the file is valid JSON lines after
+    any interruption and can be followed with ``tail -f``.
     """
-
-    name = "json"
 
     def __init__(self, target: str | Path, *, stream: IO[str] | None = None) -> None:
         self.target = str(target)
@@ -67,9 +79,19 @@ class JsonLinesSink(Sink):
                 raise EdgeError(f"--json {path}: cannot write ({exc.strerror})") from None
         self.lines = 0
 
-    def write(self, frame_index, timestamp, frame, detections, annotated) -> None:
-        record = {"frame": frame_index, "time": round(timestamp, 4), "width": int(frame.shape[1]),
-                  "height": int(frame.shape[0]), "detections": detections.to_list()}
+    def write(self, frame, detections, annotated) -> None:
+        image = frame.image
+        record = {"frame": frame.seq, "time": round(frame.stamp, 4), "width": int(image.shape[1]),
+                  "height": int(image.shape[0])}
+        if frame.name is not None:
+            record["file"] = frame.name
+        record["detections"] = detections.to_list()
+        self._write(record)
+
+    def skipped(self, frame) -> None:
+        self._write({"frame": frame.seq, "time": round(frame.stamp, 4), "file": frame.name, "error": frame.error})
+
+    def _write(self, record: dict) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
         self.lines += 1
@@ -92,7 +114,6 @@ class VideoSink(Sink):
     """
 
     needs_annotation = True
-    name = "video"
 
     def __init__(self, path: str | Path, fps: float | None = None) -> None:
         self.path = Path(path)
@@ -116,8 +137,8 @@ class VideoSink(Sink):
             raise EdgeError(f"--video {self.path}: OpenCV cannot write {self.fourcc} video here")
         self._writer, self._size = writer, (width, height)
 
-    def write(self, frame_index, timestamp, frame, detections, annotated) -> None:
-        image = annotated if annotated is not None else frame
+    def write(self, frame, detections, annotated) -> None:
+        image = annotated if annotated is not None else frame.image
         h, w = image.shape[:2]
         if self._writer is None:
             self._open(w, h)
@@ -139,9 +160,5 @@ class VideoSink(Sink):
         else:
             self.tmp_path.unlink(missing_ok=True)
 
-    def abort(self) -> None:
-        """Drop the partial file (used when the run fails before a single useful frame)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()
-        self.tmp_path.unlink(missing_ok=True)
+    def report(self) -> str | None:
+        return f"wrote {self.path} ({self.frames} frames)" if self.frames else None

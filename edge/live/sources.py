@@ -29,12 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import BadFrameError, EdgeError
+from edge.images import IMAGE_EXTENSIONS, list_images, read_image
 
 DEFAULT_STALL_TIMEOUT = 5.0  # seconds without a frame before a source is reopened
 SYNTHETIC_SIZE = (640, 480)  # width, height
 SYNTHETIC_FPS = 30.0
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+))?(?:@(\d+(?:\.\d+)?))?$")
 
@@ -43,12 +43,49 @@ class SourceError(EdgeError):
     """A source that cannot be opened or read (bad spec, missing file, camera gone)."""
 
 
+class SkippedInput(BadFrameError):
+    """One input of a source (an image file) that cannot be used; the source goes on with the next.
+
+    ``name`` is the input (a file path); the message says why.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+class FrameCounters:
+    """What happened to a source's frames, counted in one place for the stats line, the preview
+    page and the summary. Written by the capture thread and the loop; :meth:`add` takes a lock so
+    that two threads counting the same event never lose one."""
+
+    FIELDS = ("frames_read", "frames_dropped", "bad_frames", "read_errors", "reconnects", "stalls")
+
+    def __init__(self) -> None:
+        self.frames_read = 0  # frames delivered by the source
+        self.frames_dropped = 0  # read but never given to the detector (a newer frame won)
+        self.bad_frames = 0  # inputs or frames that could not be used: skipped and counted
+        self.read_errors = 0  # reads that raised, or live streams that ended
+        self.reconnects = 0  # successful reopenings
+        self.stalls = 0  # reads or opens abandoned after the stall timeout
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def to_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
 class Source:
     """One frame producer. Subclasses implement :meth:`_open`, :meth:`_read` and :meth:`_release`.
 
     ``live`` sources (cameras, streams, realtime-paced files) produce frames on their own clock, so
     the capture thread drops stale ones; other sources wait for the detector, so every frame counts.
-    ``fps`` is the nominal frame rate (float) or ``None`` when unknown.
+    ``fps`` is the nominal frame rate (float) or ``None`` when unknown; ``frame_shape`` the shape of
+    the frames to come, where the source knows it before the first (so buffers can be sized up front);
+    ``frame_name`` the file the last frame came from, for sources of files.
     """
 
     live: bool = False
@@ -56,17 +93,34 @@ class Source:
     #: ``True`` when reading past a failure makes sense only after :meth:`reopen` (cameras, streams).
     reconnectable: bool = False
 
+    frame_shape: tuple[int, ...] | None = None
+    frame_name: str | None = None
+    #: Seconds without a frame before the capture thread reopens the source.
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    #: Frames the capture thread should read ahead before measuring memory (a scene generator's
+    #: cycle, say): bench uses it for its traced warm-up.
+    warmup_hint: int = 0
+
     def __init__(self, spec: str) -> None:
         self.spec = spec
-        self.frames_read = 0
-        self.bad_frames = 0  # frames the source itself had to skip (e.g. an unreadable image file)
-        self.last_bad: str | None = None
+        self.counters = FrameCounters()
+
+    @property
+    def frames_read(self) -> int:
+        return self.counters.frames_read
 
     def read(self) -> np.ndarray | None:
-        """The next frame (BGR uint8, possibly a reused buffer), or ``None`` at the end of the stream."""
-        frame = self._read()
+        """The next frame (BGR uint8, possibly a reused buffer), or ``None`` at the end of the stream.
+
+        Raises :class:`SkippedInput` for one unusable input (counted as bad); the next read goes on.
+        """
+        try:
+            frame = self._read()
+        except SkippedInput:
+            self.counters.add("bad_frames")
+            raise
         if frame is not None:
-            self.frames_read += 1
+            self.counters.add("frames_read")
         return frame
 
     def reopen(self) -> None:
@@ -157,6 +211,9 @@ class VideoCaptureSource(Source):
         self._frame = None  # a reader stuck in the old capture keeps its own buffer
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
+        width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        known = all(math.isfinite(v) and 0 < v <= 16384 for v in (width, height))
+        self.frame_shape = (int(height), int(width), 3) if known else None
         if self._realtime:
             self._pacer = _Pacer(self.fps or SYNTHETIC_FPS)
 
@@ -212,7 +269,13 @@ class VideoCaptureSource(Source):
 
 
 class ImageFolderSource(Source):
-    """Images from a folder or a glob, in sorted order. Unreadable files are skipped (and counted)."""
+    """Images from a folder or a glob, in sorted order.
+
+    An unreadable file (not an image, truncated, absurdly large, not a regular file) raises
+    :class:`SkippedInput` naming it, and the next read goes on with the next file; a folder none of
+    whose files can be read ends with :class:`SourceError`. :attr:`frame_name` is the file of the
+    last frame.
+    """
 
     def __init__(self, spec: str, paths: list[Path], *, loop: bool = False, realtime: bool = False,
                  fps: float = 1.0) -> None:
@@ -223,30 +286,31 @@ class ImageFolderSource(Source):
         self.fps = fps if realtime else None
         self._pacer = _Pacer(fps) if realtime else None
         self._index = 0
+        self._skipped_in_a_row = 0
 
     def _open(self) -> None:
         self._index = 0
 
     def _read(self) -> np.ndarray | None:
-        failures = 0
-        while True:
-            if self._index >= len(self.paths):
-                if not self.loop:
-                    return None
-                self._index = 0
-            path = self.paths[self._index]
-            self._index += 1
-            if self._pacer is not None:
-                self._pacer.wait()
-            # imread allocates per image: fine for a folder of stills, which is not a video hot loop.
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is not None:
-                return frame
-            self.bad_frames += 1
-            self.last_bad = f"{path}: not a readable image"
-            failures += 1
-            if failures >= len(self.paths):
-                raise SourceError(f"--source {self.spec}: none of the images could be read")
+        if self._index >= len(self.paths):
+            if not self.loop:
+                return None
+            self._index = 0
+        path = self.paths[self._index]
+        self._index += 1
+        if self._pacer is not None:
+            self._pacer.wait()
+        try:
+            # read_image allocates per image: fine for a folder of stills, which is not a video hot loop.
+            frame = read_image(path)
+        except EdgeError as exc:  # ImageError: undecodable, truncated, too large, not a file
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= len(self.paths):
+                raise SourceError(f"--source {self.spec}: none of the images could be read") from None
+            raise SkippedInput(str(path), getattr(exc, "reason", None) or str(exc)) from None
+        self._skipped_in_a_row = 0
+        self.frame_name = str(path)
+        return frame
 
 
 class Picamera2Source(Source):
@@ -313,11 +377,9 @@ def _is_gstreamer(spec: str) -> bool:
 
 
 def _image_paths(spec: str) -> list[Path] | None:
-    path = Path(spec)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if any(ch in spec for ch in "*?["):
-        return sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    """The images a folder or glob names (regular files only), or None when ``spec`` is neither."""
+    if Path(spec).is_dir() or any(ch in spec for ch in "*?["):
+        return list_images(spec)
     return None
 
 
@@ -329,6 +391,12 @@ def open_source(spec: str, *, loop: bool = False, realtime: bool = False,
     ``synthetic`` at their fps (so frames are dropped like a camera's when the detector is slower);
     ``stall_timeout`` (seconds) bounds network opens and reads. Raises :class:`SourceError`.
     """
+    source = _open_source(spec, loop=loop, realtime=realtime, stall_timeout=stall_timeout, seed=seed)
+    source.stall_timeout = float(stall_timeout)
+    return source
+
+
+def _open_source(spec: str, *, loop: bool, realtime: bool, stall_timeout: float, seed: int) -> Source:
     spec = str(spec).strip()
     if not spec:
         raise SourceError("--source is empty: give a camera index, file, folder, URL, pipeline or 'synthetic'")

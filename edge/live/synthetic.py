@@ -52,6 +52,8 @@ class SyntheticSource(Source):
 
     MIN_FRACTION, MAX_FRACTION = 0.08, 0.45
     RESPAWN_EVERY = 90  # frames between one shape being replaced, so scenes change
+    #: A memory trace should start after a few respawns, whose shapes' drawing caches then exist.
+    warmup_hint = 4 * RESPAWN_EVERY + 40
 
     def __init__(self, spec: str = "synthetic", width: int = SYNTHETIC_SIZE[0], height: int = SYNTHETIC_SIZE[1],
                  *, fps: float = SYNTHETIC_FPS, realtime: bool = False, seed: int = 0,
@@ -60,6 +62,7 @@ class SyntheticSource(Source):
         if not (16 <= width <= 8192 and 16 <= height <= 8192):
             raise SourceError(f"--source {spec}: synthetic size must be between 16 and 8192 pixels a side")
         self.width, self.height = width, height
+        self.frame_shape = (height, width, 3)
         self.fps = fps
         self.live = realtime
         self._pacer = _Pacer(fps) if realtime else None
@@ -72,11 +75,20 @@ class SyntheticSource(Source):
         self.truth: list[tuple[int, int, int, int, int]] = []
 
     def _make_background(self) -> np.ndarray:
+        """A noisy horizontal gradient, built in bands of rows so that a large frame never has a
+        float copy of its own size (8192 x 8192 would need 1.6 GB per float64 array)."""
         rng, h, w = self._rng, self.height, self.width
         c0, c1 = rng.integers(40, 200, 3), rng.integers(40, 200, 3)
         t = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
-        image = c0 + (c1 - c0) * np.broadcast_to(t, (h, w, 1))
-        return np.clip(image + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+        row = c0 + (c1 - c0) * t  # [1, w, 3] float64
+        image = np.empty((h, w, 3), np.uint8)
+        band = max(1, (1 << 20) // max(1, w * 3))  # ~1 M values (8 MB of float64) per band
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            noisy = row + rng.normal(0, 6, (y1 - y0, w, 3))
+            np.clip(noisy, 0, 255, out=noisy)
+            image[y0:y1] = noisy
+        return image
 
     def _spawn(self) -> list:
         rng, side = self._rng, min(self.width, self.height)
