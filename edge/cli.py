@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from edge.errors import EdgeError
@@ -26,16 +28,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from edge.provenance import package_version
 
-        return version("edgekit")
-    except Exception:  # running from a source tree that was not installed
-        return "unknown"
+    return package_version("edgekit") or "unknown"  # unknown: a source tree that was not installed
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_signals_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does (temporary files removed, nothing half
+    written); installed before any output is opened. ``edge run``'s loop replaces them while it runs
+    with handlers that finish the current frame."""
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, _interrupt)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own checks as one :class:`EdgeError` line, like every other bad input."""
+
+    def error(self, message: str):
+        raise EdgeError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description="edgekit: SSD detectors on small boards, memory measured.")
+    parser = _Parser(prog="edge", description="edgekit: SSD detectors on small boards, memory measured.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"edgekit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,6 +83,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    if threading_main():
+        _stop_signals_like_ctrl_c()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -66,9 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edge: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edge: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"edge: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread (tests call main() from others)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

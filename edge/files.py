@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from edge.errors import EdgeError
 
 
 def current_umask() -> int:
@@ -65,3 +68,90 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 def atomic_write_json(path: str | Path, obj, *, indent: int | None = 2) -> Path:
     """``obj`` as JSON (with a final newline) into ``path``, atomically."""
     return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
+
+
+# ---- checking output paths before any work -------------------------------------------------------
+
+FILE, STREAM, FOLDER = "file", "stream", "folder"
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_location(option: str, path: Path, kind: str, made_folders: set[Path] = frozenset()) -> None:
+    """One line naming ``option`` when ``path`` cannot be written as ``kind`` (``made_folders``:
+    folders the command will create, in which files need no existing parent)."""
+    where = f"{option} {path}"
+    if kind == FOLDER:
+        if path.exists() and not path.is_dir():
+            raise EdgeError(f"{where}: is a file, not a folder")
+        base = _nearest_existing(path)
+        if not base.is_dir():
+            raise EdgeError(f"{where}: {base} is not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise EdgeError(f"{where}: cannot write in {base} (permission denied or read-only)")
+        return
+    if path.is_dir():
+        raise EdgeError(f"{where}: is a folder; give a file name")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) and kind == FILE:
+            raise EdgeError(f"{where}: is not a regular file (a device or pipe cannot be replaced safely)")
+        if not os.access(path, os.W_OK):
+            raise EdgeError(f"{where}: is not writable")
+        if not stat.S_ISREG(mode):
+            return  # a pipe or a device (/dev/null, a terminal): written as a stream
+    parent = path.parent
+    if _resolved(parent) in made_folders:
+        return
+    if not parent.is_dir():
+        raise EdgeError(f"{where}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgeError(f"{where}: cannot write in {parent} (permission denied or read-only)")
+
+
+def check_paths(inputs: list[tuple[str, str | Path | None]], outputs: list[tuple[str, str | Path | None, str]]) -> None:
+    """Refuse, with one line, outputs that would overwrite an input or each other, or cannot be written.
+
+    ``inputs``: ``(option, path)`` of every file or folder the command reads (model, sidecar, labels,
+    source, dataset, calibration folder; entries that are not existing paths, like a camera index,
+    are ignored). ``outputs``: ``(option, path, kind)`` with kind :data:`FILE` (written whole and
+    renamed into place), :data:`STREAM` (appended as it goes; ``-``, pipes and devices allowed) or
+    :data:`FOLDER`. Links are resolved, and hard links caught by inode, before comparing.
+    Call it before any work, so a mistake costs nothing.
+    """
+    seen_inputs = []
+    for option, path in inputs:
+        if path is None or str(path) in ("", "-") or not Path(path).exists():
+            continue
+        seen_inputs.append((option, Path(path), _resolved(path), _identity(Path(path))))
+    seen_outputs = []
+    made_folders = {_resolved(path) for _, path, kind in outputs if kind == FOLDER and path is not None}
+    for option, path, kind in outputs:
+        if path is None or (kind == STREAM and str(path) == "-"):
+            continue
+        resolved = _resolved(path)
+        _check_location(option, Path(path), kind, made_folders)
+        identity = _identity(Path(path))
+        for in_option, in_path, in_resolved, in_identity in seen_inputs:
+            if resolved == in_resolved or (identity is not None and identity == in_identity):
+                raise EdgeError(f"{option} {path}: is the input {in_option} {in_path}; writing it would destroy it")
+        for out_option, out_path, out_resolved in seen_outputs:
+            if resolved == out_resolved:
+                raise EdgeError(f"{option} {path} and {out_option} {out_path} are the same file; give two paths")
+        seen_outputs.append((option, Path(path), resolved))

@@ -65,7 +65,7 @@ def test_detect_without_a_model_uses_the_bundled_demo(tmp_path):
 
 
 def test_inspect_reports_tensors_operators_labels_and_memory(ssd_model_path, coco_labels_path):
-    proc = edge("inspect", ssd_model_path, "--labels", coco_labels_path, "--json")
+    proc = edge("inspect", ssd_model_path, "--labels", coco_labels_path, "--json", "-")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["head"] == "TFLite_Detection_PostProcess"
@@ -105,7 +105,7 @@ def test_truncated_tflite_model(tmp_path, ssd_model_path, images_dir):
     assert_one_line_error(edge("detect", cut, images_dir / "cat.bmp"), "cut.tflite")
 
 
-@pytest.mark.parametrize("content,needle", [(b"", "empty"), (b"\xff\xd8\xff\xe0 broken jpeg", "not a readable image")])
+@pytest.mark.parametrize("content,needle", [(b"", "empty"), (b"\xff\xd8\xff\xe0 broken jpeg", "unreadable image")])
 def test_empty_or_corrupt_image(tmp_path, ssd_model_path, content, needle):
     image = tmp_path / "photo.jpg"
     image.write_bytes(content)

@@ -8,60 +8,66 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.commands._args import thread_count
+from edge.contract.heads import classify_head, describe_head, postprocess_roles, raw_head_roles
 from edge.contract.labels import load_labels
+from edge.contract.modelinfo import HEAD_POSTPROCESS
+from edge.errors import EdgeError, first_line
 from edge.memory import rss_bytes
-from edge.contract.tflite_file import load_model_info, read_tflite
-from edge.backends.tflite import RUNTIMES, load_interpreter, tensor_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help=".tflite model file")
+    from edge.backends import RUNTIMES
+
+    parser.add_argument("model", type=Path, help="model file (.tflite)")
     parser.add_argument("--labels", type=Path, help="labels file to show with the model")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
-    parser.add_argument("--json", dest="json_out", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime")
+    parser.add_argument("--threads", type=thread_count, default=None, help="interpreter threads (default: all cores)")
+    parser.add_argument("--json", metavar="PATH|-", help="write the report as JSON to PATH or stdout (-) instead of text")
 
 
-def _tensor(d: dict) -> dict:
-    scale, zero_point = d["quantization"]
-    return {"name": d["name"], "index": int(d["index"]), "shape": [int(v) for v in d["shape"]],
-            "dtype": np.dtype(d["dtype"]).name, "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
+def _tensor(spec) -> dict:
+    scale, zero_point = spec.quantization
+    return {"name": spec.name, "index": int(spec.index), "shape": [int(v) for v in spec.shape],
+            "dtype": np.dtype(spec.dtype).name, "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
 
 
-def _head_kind(has_postprocess: bool, outputs: list[dict]) -> str:
-    if has_postprocess:
-        return "TFLite_Detection_PostProcess"
-    shapes = [d["shape"] for d in outputs]
-    boxes = [s for s in shapes if len(s) in (3, 4) and s[-1] == 4]
-    if len(outputs) == 2 and boxes:
-        return f"raw SSD head ({int(np.prod(boxes[0][:-1]))} anchors)"
-    return "not an SSD detector"
+def _head(backend, info) -> str:
+    """The head as ``edge run`` would classify it (the same pure functions), or why it is not a detector."""
+    try:
+        outputs = backend.detection_outputs
+        kind = classify_head(outputs, backend.has_postprocess, info.head if info else None, backend.model_path)
+        roles = (postprocess_roles(outputs, backend.signature_output_names(), backend.model_path)
+                 if kind == HEAD_POSTPROCESS else raw_head_roles(outputs))
+    except EdgeError as exc:
+        return f"not an SSD detector ({first_line(exc).split(': ', 1)[-1]})"
+    return describe_head(kind, roles)
 
 
 def inspect_model(model: Path, labels: Path | None = None, runtime: str | None = None,
                   threads: int | None = None) -> dict:
-    tflite = read_tflite(model)
-    info = load_model_info(model, tflite)
+    from edge.backends import open_backend
+
     rss_before = rss_bytes()
-    interpreter, runtime_info = load_interpreter(model, runtime, threads)
-    interpreter.allocate_tensors()
+    backend = open_backend(model, runtime, threads)
     rss_after = rss_bytes()
-    outputs = [_tensor(d) for d in interpreter.get_output_details()]
+    info = backend.model_info()
     label_list = load_labels(labels) if labels else (info.labels if info else [])
     return {
         "model": str(model),
         "file_bytes": model.stat().st_size,
-        "runtime": runtime_info.describe(),
-        "runtime_note": runtime_info.note,
-        "inputs": [_tensor(d) for d in interpreter.get_input_details()],
-        "outputs": outputs,
-        "operators": sorted(set(tflite.operators)),
-        "head": _head_kind(tflite.has_postprocess, outputs),
+        "runtime": backend.info.describe(),
+        "runtime_note": backend.info.note,
+        "inputs": [_tensor(d) for d in backend.inputs],
+        "outputs": [_tensor(d) for d in backend.outputs],
+        "operators": sorted(set(backend.operators)),
+        "head": _head(backend, info),
+        "recurrent_state": [[out.name, inp.name] for out, inp in backend.state_pairs],
         "labels": label_list,
         "anchors": info.anchors.to_dict() if info and info.anchors else None,
         "metadata": info.to_dict() if info else None,
         "memory": {"rss_delta_load_and_allocate_bytes": max(0, rss_after - rss_before),
-                   "tensor_bytes": tensor_bytes(interpreter)},
+                   "tensor_bytes": backend.memory()["tensor_bytes"]},
     }
 
 
@@ -98,9 +104,16 @@ def _print_text(report: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from edge.files import FILE, atomic_write_json, check_paths
+
+    if args.json and args.json != "-":
+        check_paths([("MODEL", args.model), ("--labels", args.labels)], [("--json", args.json, FILE)])
     report = inspect_model(args.model, args.labels, args.runtime, args.threads)
-    if args.json_out:
+    if args.json == "-":
         print(json.dumps(report, indent=2))
+    elif args.json:
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}")
     else:
         _print_text(report)
     return 0
