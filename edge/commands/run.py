@@ -115,4 +115,7 @@ def main(args: argparse.Namespace) -> int:
     if summary.stop_reason == "source error":
         _log(f"source {args.source} failed: {loop.capture.error}")
         return 1
+    if loop.sink_error is not None:
+        _log(f"stopped: {loop.sink_error}")
+        return 1
     return 0

@@ -30,7 +30,7 @@ from edge.detector.step import Frame, run_frame
 from edge.errors import BadFrameError
 from edge.live.annotate import Annotator
 from edge.live.capture import Capture
-from edge.live.sinks import Sink
+from edge.live.sinks import Sink, SinkError
 from edge.live.sources import Source
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, rss_slope
 
@@ -149,6 +149,7 @@ class LiveLoop:
         self._t_prev = self._last_stats = self._fps_t0 = 0.0
         self._fps_n0 = 0
         self._bad_logged = 0
+        self.sink_error: SinkError | None = None  # set when a sink could no longer write
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -260,8 +261,13 @@ class LiveLoop:
     def _handle(self, frame: Frame) -> bool:
         """One frame through the detector and the sinks; False when it was not processed."""
         if frame.error is not None:  # an input the source skipped (already counted and logged)
-            for sink in self.sinks:
-                sink.skipped(frame)
+            try:
+                for sink in self.sinks:
+                    sink.skipped(frame)
+            except SinkError as exc:
+                self.sink_error = exc
+                self._log(str(exc))
+                self.stop("sink error")
             return False
         try:
             detections = run_frame(self.detector, frame, self.times, self._t_prev)
@@ -276,8 +282,13 @@ class LiveLoop:
         if self._wants_annotation():
             status = f"{self.fps_recent:.1f} fps  {detections.count} objects" if self.overlay else None
             annotated = self.annotator.draw(frame.image, detections, status)
-        for sink in self.sinks:
-            sink.write(frame, detections, annotated)
+        try:
+            for sink in self.sinks:
+                sink.write(frame, detections, annotated)
+        except SinkError as exc:
+            self.sink_error = exc
+            self._log(str(exc))
+            self.stop("sink error")
         self.times.record("sinks", self._clock() - t0)
         self._count_detections(detections)
         return True

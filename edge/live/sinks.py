@@ -27,6 +27,11 @@ from edge.errors import EdgeError
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 
 
+class SinkError(EdgeError):
+    """A sink that can no longer write (disk full, the reader of a pipe gone). The loop stops with
+    this one line, closes every sink (each leaves what it wrote whole) and exits non-zero."""
+
+
 class Sink:
     """Base: ``needs_annotation`` asks the loop to draw the annotated copy before :meth:`write`."""
 
