@@ -77,7 +77,8 @@ def build_sinks(args: argparse.Namespace, source) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.commands._args import detector_from_args
+    from edge.commands._args import THREADS_AUTO, detector_from_args
+    from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates
     from edge.live.loop import LiveLoop
     from edge.live.preview import parse_bind
     from edge.live.sources import open_source
@@ -88,8 +89,12 @@ def main(args: argparse.Namespace) -> int:
         parse_bind(args.preview)
     check_run_paths(args)
 
-    detector = detector_from_args(args)
+    candidates = thread_candidates() if args.threads == THREADS_AUTO else None
+    detector = detector_from_args(args, threads=candidates[0] if candidates else None)
     _log(f"model {detector.describe()}")
+    if candidates and len(candidates) > 1:
+        _log(f"threads auto: measuring {' and '.join(map(str, candidates))} threads end to end on the first "
+             f"~{len(candidates) * ROUNDS * (TRIAL_FRAMES + SETTLE_FRAMES)} frames")
     if detector.runtime_info.note:
         _log(f"note: {detector.runtime_info.note}")
     source = open_source(args.source, loop=args.loop, realtime=args.realtime, stall_timeout=args.stall_timeout)
@@ -101,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         raise
 
     loop = LiveLoop(detector, source, sinks, max_frames=args.max_frames, duration=args.duration,
-                    stats_every=args.stats_every, log=_log)
+                    stats_every=args.stats_every, log=_log, thread_candidates=candidates)
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()

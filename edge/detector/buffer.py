@@ -141,6 +141,10 @@ class FrameBuffer:
         self.frame_size = (frame_h, frame_w)
         self._frame_shape = tuple(frame_shape)
 
+    def rebind(self, tensor: Callable[[], np.ndarray]) -> None:
+        """Write into another engine's input of the same shape (the detector changed backends)."""
+        self._tensor = tensor
+
     def presize(self, frame_shape: tuple) -> None:
         """Size the geometry and resize buffer for frames of ``frame_shape`` before the first one."""
         frame_shape = tuple(frame_shape)

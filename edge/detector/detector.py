@@ -163,6 +163,21 @@ class Detector:
 
     # ---- description --------------------------------------------------------------------------
 
+    def set_threads(self, num_threads: int) -> None:
+        """Run on a fresh backend with ``num_threads`` (engines fix their thread count when loaded).
+
+        The model, its input geometry and its outputs stay as they are; recurrent state restarts at
+        zero. Used while the live loop measures which thread count is faster end to end.
+        """
+        if num_threads == self.backend.info.num_threads:
+            return
+        backend = open_backend(self.model_path, self.backend.info.name, num_threads)
+        by_index = {spec.index: spec for spec in backend.outputs}
+        self.outputs = {role: by_index[spec.index] for role, spec in self.outputs.items()}
+        self._views = {role: backend.view(spec) for role, spec in self.outputs.items()}
+        self.buffer.rebind(backend.view(backend.image))
+        self.backend = backend
+
     @property
     def runtime_info(self) -> BackendInfo:
         return self.backend.info

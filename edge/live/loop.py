@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.detector.stages import STAGES, StageTimes
 from edge.detector.step import Frame, run_frame
+from edge.detector.threads import ThreadTuner
 from edge.errors import BadFrameError
 from edge.live.annotate import Annotator
 from edge.live.capture import Capture
@@ -113,11 +114,14 @@ class LiveLoop:
     ``max_frames`` stops after that many processed frames, ``duration`` after that many seconds;
     a finite source ends the run at its end. ``stats_every`` (seconds, 0 = never) prints a stats
     line through ``log``; ``rss_every`` (frames, 0 = never) samples RSS for the drift numbers.
+    ``thread_candidates`` (e.g. ``[4, 3]``): interpreter thread counts to measure end to end during
+    the first frames (:class:`~edge.detector.threads.ThreadTuner`); the faster one is kept and logged.
     """
 
     def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
                  duration: float | None = None, stats_every: float = 5.0, rss_every: int = 100,
-                 log: Callable[[str], None] | None = None, overlay: bool = True) -> None:
+                 log: Callable[[str], None] | None = None, overlay: bool = True,
+                 thread_candidates: list[int] | None = None) -> None:
         self.detector = detector
         self.source = source
         self.sinks = list(sinks)
@@ -150,6 +154,7 @@ class LiveLoop:
         self._fps_n0 = 0
         self._bad_logged = 0
         self.sink_error: SinkError | None = None  # set when a sink could no longer write
+        self.tuner = ThreadTuner(detector, thread_candidates) if thread_candidates else None
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -297,6 +302,10 @@ class LiveLoop:
         """Counting, RSS samples, the recent fps and the periodic stats line."""
         self.processed += 1
         self.last_invoke_s = self.times.last("invoke")
+        if self.tuner is not None and not self.tuner.done:
+            self.tuner.frame_done()
+            if self.tuner.done:
+                self._log(f"threads auto: {self.tuner.describe()}")
         if self.rss_every and self.processed % self.rss_every == 0:
             self.rss.sample(self.processed)
         now = self._clock()
