@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 
 from edge.errors import EdgeError
+from edge.signals import install_stop_signals
 
 # name -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,20 +31,6 @@ def _version() -> str:
     from edge.provenance import package_version
 
     return package_version("edgekit") or "unknown"  # unknown: a source tree that was not installed
-
-
-def _interrupt(signum, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _stop_signals_like_ctrl_c() -> None:
-    """SIGTERM and SIGHUP end a command the way Ctrl-C does (temporary files removed, nothing half
-    written); installed before any output is opened. ``edge run``'s loop replaces them while it runs
-    with handlers that finish the current frame."""
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, _interrupt)
 
 
 def _quiet_stdout() -> None:
@@ -83,8 +69,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    if threading_main():
-        _stop_signals_like_ctrl_c()
+    restore_signals = install_stop_signals()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -103,13 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141
-
-
-def threading_main() -> bool:
-    """Signal handlers can only be installed from the main thread (tests call main() from others)."""
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    finally:
+        restore_signals()
 
 
 if __name__ == "__main__":
