@@ -4,8 +4,10 @@
 Memory: every image is resized to the fixed ``S x S`` model input right after decoding, before any
 batching or augmentation (the lever that keeps a batch of 12-megapixel photos from costing
 gigabytes); parallel reads and prefetch are bounded (``parallel`` and 2 batches), nothing is cached.
-Bad images (unreadable, size not matching the annotation) are skipped, named and counted in
-:attr:`InputPipeline.skipped`; the run goes on.
+Images are read with :func:`edge.images.read_image`. Bad images (missing, not a regular file,
+truncated, refused by the decoder, declaring absurd sizes, size not matching the annotation) are
+skipped, named (one warning line each) and listed in :attr:`InputPipeline.skipped`; the run goes on
+(a bad file never raises inside the tf.data map function, which would end the epoch).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from convert.config import SSDConfig
 from convert.targets import anchor_corners, assign_targets
 from convert.tf import import_tensorflow
 from edge.contract.anchors import generate_anchors
+from edge.errors import first_line
+from edge.images import DEFAULT_MAX_PIXELS, ImageError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +34,14 @@ class InputPipeline:
     """Builds tf.data datasets for one :class:`~convert.data.Dataset` and one model config."""
 
     def __init__(self, dataset, config: SSDConfig, augment: bool = False, parallel: int = 2,
-                 crop_probability: float = 0.5) -> None:
+                 crop_probability: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.dataset = dataset
         self.config = config
         self.augment = augment
         self.parallel = max(1, int(parallel))
         self.crop_probability = crop_probability
         self.size = config.architecture.input_size
+        self.max_pixels = max_pixels
         self.anchors = generate_anchors(config.anchors)
         self._corners = anchor_corners(self.anchors)
         self._skipped: dict[str, str] = {}
@@ -61,9 +66,10 @@ class InputPipeline:
         """
         sample = self.dataset.samples[index]
         path = str(sample.image_path)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            self._skip(path, "unreadable or not an image")
+        try:
+            image = read_image(path, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            self._skip(path, exc.reason)
             return None
         h, w = image.shape[:2]
         if (w, h) != (sample.width, sample.height):
@@ -87,7 +93,12 @@ class InputPipeline:
 
     def _load(self, index, seed):
         rng = np.random.default_rng(int(seed)) if self.augment else None
-        loaded = self.read(int(index), rng)
+        try:
+            loaded = self.read(int(index), rng)
+        except (cv2.error, ValueError, MemoryError) as exc:  # one odd file must not end the epoch
+            self._skip(str(self.dataset.samples[int(index)].image_path),
+                       f"cannot be used ({first_line(exc, 160, with_type=True)})")
+            loaded = None
         num_anchors = self.anchors.shape[0]
         if loaded is None:
             return (np.zeros((self.size, self.size, 3), np.uint8), np.zeros((num_anchors, 4), np.float32),

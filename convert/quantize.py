@@ -14,30 +14,34 @@ are. Two pixels of one image do not move any other tensor's range measurably.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
 from edge.detector.buffer import STRETCH, FrameBuffer
 from edge.errors import EdgeError
 from edge.contract.modelinfo import Normalization
+from edge.images import IMAGE_EXTENSIONS, ImageError, is_glob, read_image
+from edge.images import list_images as find_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_CALIBRATION_IMAGES = 100
+log = logging.getLogger(__name__)
 
 
 def list_images(folder: str | Path, option: str = "--calib") -> list[Path]:
-    """Image files directly in ``folder`` or its ``JPEGImages/`` (VOC layout), sorted."""
+    """Calibration images: those :func:`edge.images.list_images` finds in ``folder`` (or a glob), else in
+    its ``JPEGImages/`` (VOC layout); EdgeError naming ``option`` when there are none."""
     folder = Path(folder)
-    if not folder.exists():
-        raise EdgeError(f"{option} {folder}: no such directory")
-    if not folder.is_dir():
-        raise EdgeError(f"{option} {folder}: not a directory of images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not is_glob(folder):
+        if not folder.exists():
+            raise EdgeError(f"{option} {folder}: no such directory")
+        if not folder.is_dir():
+            raise EdgeError(f"{option} {folder}: not a directory of images")
+    paths = find_images(folder)
     if not paths and (folder / "JPEGImages").is_dir():
-        paths = sorted(p for p in (folder / "JPEGImages").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths = find_images(folder / "JPEGImages")
     if not paths:
         raise EdgeError(f"{option} {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) to calibrate with")
     return paths
@@ -60,22 +64,27 @@ def load_calibration_frames(paths: list[Path], height: int, width: int, limit: i
                             resize: str = STRETCH, option: str = "--calib") -> list[np.ndarray]:
     """Up to ``limit`` images as float32 ``[1, H, W, 3]`` raw RGB pixels, evenly spread over ``paths``.
 
-    Unreadable files are skipped; none readable at all is an EdgeError.
+    Unreadable files (see :func:`edge.images.read_image`) are skipped with a warning naming each;
+    none readable at all is an EdgeError quoting the first reason.
     """
     if limit < 1:
         raise EdgeError(f"{option}: calibration image count must be at least 1")
     step = max(1, len(paths) // limit)
     chosen = paths[::step][:limit]
     pixels = PixelBuffer(height, width, resize)
-    frames = []
+    frames, first_error = [], None
     for path in chosen:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            image = read_image(path)
+        except ImageError as exc:
+            log.warning("%s: skipped calibration image %s", option, exc)
+            first_error = first_error or exc
             continue
         frames.append(pixels.write(image).copy())
     if not frames:
         folder = paths[0].parent if paths else "?"
-        raise EdgeError(f"{option} {folder}: none of the {len(chosen)} images could be read")
+        why = f" (first: {first_error})" if first_error else ""
+        raise EdgeError(f"{option} {folder}: none of the {len(chosen)} images could be read{why}")
     frames[0][0, 0, 0, :] = 0.0  # exact [0, 255] input range, see the module docstring
     frames[0][0, 0, 1, :] = 255.0
     return frames

@@ -143,7 +143,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     try:
         image = cv2.imread(name, flags)
     except cv2.error as exc:  # OpenCV 5 raises for some files (e.g. sizes over its own limit)
-        raise ImageError(name, f"unreadable image (OpenCV: {first_line(exc, 160)})") from None
+        raise ImageError(name, f"unreadable image (decoder error: {first_line(exc, 160)})") from None
     except MemoryError:
         raise ImageError(name, "unreadable image (out of memory decoding it)") from None
     if image is None or image.size == 0:

@@ -60,7 +60,10 @@ class Dataset:
 
 def clean_box(box, width: int, height: int, source: str) -> np.ndarray:
     """Clip an xyxy pixel box to the image; raise ValueError for one that is empty or far outside."""
-    x0, y0, x1, y1 = (float(v) for v in box)
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{source}: box must be four numbers, not {str(box)[:40]}") from None
     if not all(np.isfinite([x0, y0, x1, y1])):
         raise ValueError(f"{source}: non-finite box {box}")
     # Off-by-one at the border is common in hand labels (VOC is 1-based); clip, don't reject.
@@ -85,8 +88,14 @@ def load_dataset(path, format: str | None = None, images_dir=None, labels=None) 
     ``Annotations/`` or ``*.xml`` files is VOC.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # e.g. a name too long for the file system
+        raise EdgeError(f"--data {path}: cannot use this path ({getattr(exc, 'strerror', None) or exc})") from None
+    if not exists:
         raise EdgeError(f"--data {path}: no such file or directory")
+    if labels is not None:
+        labels = _check_labels(labels)
     if format is None:
         if path.is_file() and path.suffix.lower() == ".json":
             format = "coco"
@@ -112,6 +121,17 @@ def load_dataset(path, format: str | None = None, images_dir=None, labels=None) 
             dataset = _restrict_labels(dataset, list(labels))
         return dataset
     raise EdgeError(f"--format {format}: expected voc or coco")
+
+
+def _check_labels(labels) -> list[str]:
+    """``--classes``: non-empty names, each once (a class given twice would get two class ids)."""
+    names = [str(n).strip() for n in labels]
+    if any(not n for n in names):
+        raise EdgeError("--classes: empty class name")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise EdgeError(f"--classes: {twice} is given twice")
+    return names
 
 
 def _restrict_labels(dataset: Dataset, labels: list[str]) -> Dataset:

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.images import ImageError, list_images, read_image
 from edge.live.synthetic import PALETTE, SHAPE_CLASSES, draw_shape
 
-_PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_SIZE_FRACTION, MAX_SIZE_FRACTION = 0.08, 0.45  # shape size as a fraction of the image side
 MAX_OVERLAP_IOU = 0.15  # shapes may touch and overlap a little, never hide each other
 
@@ -37,13 +37,15 @@ def _load_backgrounds(backgrounds) -> list[np.ndarray]:
     if not folder.is_dir():
         raise EdgeError(f"--backgrounds {folder}: not a directory")
     photos = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in _PHOTO_EXTS:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                photos.append(image)
+    for path in list_images(folder):
+        try:
+            image = read_image(path)
+        except ImageError:
+            continue
+        if min(image.shape[:2]) >= 8:  # crops of a few pixels are no background
+            photos.append(image)
     if not photos:
-        raise EdgeError(f"--backgrounds {folder}: no readable .jpg/.png/.bmp photos")
+        raise EdgeError(f"--backgrounds {folder}: no readable photos (.jpg, .png, .bmp, ...)")
     return photos
 
 

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     results, skipped = [], []
     for image_id, path in enumerate(images):
         try:
-            image = read_image(path)
+            image = read_image(path, stretch_16bit=True)
         except EdgeError as exc:
             skipped.append(exc)
             print(f"edge detect: skipped {exc}", file=sys.stderr)
