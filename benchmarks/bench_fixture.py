@@ -1,7 +1,8 @@
 """Regenerate benchmarks/results/bench_fixture.*: the fixture SSD on the fixture video, ours vs usual.
 
 Google's int8 SSD MobileNet v1 COCO (../shared/fixtures/models) on 20 real 960x540 traffic frames
-(../shared/fixtures/video), looped, 2 threads. Run from the project root:
+(../shared/fixtures/video), looped, 2 threads; then the project's targets (benchmarks/targets.py),
+met or missed. Run from the project root:
 
     .venv/bin/python benchmarks/bench_fixture.py            # ~5-10 min on 2 shared cores
     .venv/bin/python benchmarks/bench_fixture.py --frames 300 --out /tmp/quick
@@ -16,7 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench.run import BenchSettings, run_and_write  # noqa: E402
+from edge.bench.run import run_and_write  # noqa: E402
+from edge.bench.settings import BenchSettings  # noqa: E402
+from targets import print_targets  # noqa: E402  (benchmarks/targets.py)
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
@@ -35,7 +38,8 @@ def main() -> int:
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
-    run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
+    report = run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
+    print_targets(report)
     return 0
 
 

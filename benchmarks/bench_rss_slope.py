@@ -1,9 +1,9 @@
 """Regenerate benchmarks/results/bench_rss_slope.*: RSS over a long run of our pipeline, and its slope.
 
-The goal: under 10 bytes per frame over 50,000 frames. Our pipeline alone (capture thread +
-Detector, as ``edge run`` runs it, no tracemalloc), RSS read from /proc every ``--every`` frames
-into preallocated arrays, slope by least squares; a tracemalloc phase at the end adds the net heap
-growth per frame. At ~17-20 ms a frame on 2 cores, 50,000 frames take 15-20 minutes: run it niced.
+The target (benchmarks/targets.py): under 10 bytes per frame over 50,000 frames. Our pipeline
+alone (capture thread + Detector, as ``edge run`` runs it, no tracemalloc), RSS read from /proc
+every ``--every`` frames into preallocated arrays, slope by least squares; a tracemalloc phase at
+the end adds the net heap growth per frame. At ~17-20 ms a frame on 2 cores, 50,000 frames take 15-20 minutes: run it niced.
 
     nice -n 10 .venv/bin/python benchmarks/bench_rss_slope.py --frames 50000
 """
@@ -21,11 +21,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench.run import (BenchSettings, Progress, _new_run, _OursLoop, _timed_chunk, _traced, _warm_up,  # noqa: E402
-                        atomic_write, machine_info)
+from edge.bench.pipelines import OursLoop  # noqa: E402
+from edge.bench.progress import Progress  # noqa: E402
+from edge.bench.run import new_run, timed_chunk, traced, warm_up  # noqa: E402
+from edge.bench.settings import BenchSettings  # noqa: E402
 from edge.detector.detector import Detector  # noqa: E402
-from edge.memory import peak_rss_bytes, rss_bytes  # noqa: E402
+from edge.files import atomic_path, atomic_write, atomic_write_json  # noqa: E402
 from edge.live.sources import open_source  # noqa: E402
+from edge.memory import peak_rss_bytes, rss_bytes, rss_slope  # noqa: E402
+from edge.provenance import machine_info  # noqa: E402
+from targets import RSS_SLOPE_BYTES_PER_FRAME, verdict  # noqa: E402  (benchmarks/targets.py)
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 KB = 1024
@@ -55,7 +60,8 @@ def plot(frames: np.ndarray, rss: np.ndarray, slope: float, title: str, path: Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -66,6 +72,49 @@ def replot(out: Path, name: str) -> int:
     plot(samples[:, 0], samples[:, 1], result["rss"]["slope_bytes_per_frame"],
          f"{result['model']}, our pipeline: RSS over {result['frames']:,} frames", out / f"{name}.png")
     return 0
+
+
+def measure(args: argparse.Namespace) -> tuple[dict, object]:
+    """Our pipeline over the warm-up, timed and traced frames; returns (result dict, the PipelineRun)."""
+    settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
+                             mem_frames=args.mem_frames, threads=args.threads, rss_every=args.every)
+    settings.validate()
+    rss_start = rss_bytes()
+    detector = Detector(args.model, num_threads=args.threads)
+    rss_loaded = rss_bytes()
+    source = open_source(args.source, loop=True)
+    settings = settings.resolved(source)
+    progress = Progress(args.warmup + args.frames + settings.traced_warmup + args.mem_frames)
+    run = new_run("ours", settings)
+    loop = OursLoop(detector, source)
+    started = time.time()
+    try:
+        warm_up(run, loop, settings, progress)
+        timed_chunk(run, loop, args.frames, progress)
+        traced(run, loop, args.mem_frames, progress, settings.traced_warmup)
+    finally:
+        loop.close()
+        progress.close()
+    rss = run.rss.rss
+    half = rss.size // 2
+    second_half = round(rss_slope(run.rss.frames[half:], rss[half:]), 3) if half > 2 else None
+    result = {
+        "benchmark": "bench_rss_slope",
+        "command": "benchmarks/bench_rss_slope.py " + " ".join(sys.argv[1:]),
+        "model": args.model.name, "source": args.source, "runtime": detector.runtime_info.describe(),
+        "frames": run.frames, "seconds": round(run.seconds, 1), "fps": round(run.fps, 2),
+        "frames_dropped": run.dropped,
+        "rss": {**run.rss.summary(), "at_start_bytes": rss_start, "after_model_load_bytes": rss_loaded,
+                "after_warmup_bytes": run.rss_after_warmup, "peak_process_bytes": peak_rss_bytes(),
+                "growth_first_to_last_bytes": int(rss[-1] - rss[0]) if rss.size else 0,
+                "slope_second_half_bytes_per_frame": second_half},
+        "memory": run.memory,
+        "target": f"RSS slope under {RSS_SLOPE_BYTES_PER_FRAME:g} bytes per frame",
+        "target_met": bool(run.rss.slope() < RSS_SLOPE_BYTES_PER_FRAME),
+        "machine": machine_info(),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    return result, run
 
 
 def main() -> int:
@@ -84,51 +133,20 @@ def main() -> int:
     if args.replot:
         return replot(args.out, args.name)
 
-    settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
-                             mem_frames=args.mem_frames, threads=args.threads, rss_every=args.every)
-    settings.validate()
-    rss_start = rss_bytes()
-    detector = Detector(args.model, num_threads=args.threads)
-    rss_loaded = rss_bytes()
-    progress = Progress(args.warmup + args.frames + args.mem_frames)
-    run = _new_run("ours", settings)
-    loop = _OursLoop(detector, open_source(args.source, loop=True))
-    started = time.time()
-    try:
-        _warm_up(run, loop, settings, progress)
-        _timed_chunk(run, loop, args.frames, progress)
-        _traced(run, loop, args.mem_frames, progress)
-    finally:
-        loop.close()
-        progress.close()
+    result, run = measure(args)
     frames, rss = run.rss.frames, run.rss.rss
-    half = rss.size // 2
-    second_half_slope = float(np.polyfit(frames[half:], rss[half:].astype(np.float64), 1)[0]) if half > 2 else None
-    result = {
-        "benchmark": "bench_rss_slope",
-        "command": "benchmarks/bench_rss_slope.py " + " ".join(sys.argv[1:]),
-        "model": args.model.name, "source": args.source, "runtime": detector.runtime_info.describe(),
-        "frames": run.frames, "seconds": round(run.seconds, 1), "fps": round(run.fps, 2),
-        "frames_dropped": run.dropped,
-        "rss": {**run.rss.summary(), "at_start_bytes": rss_start, "after_model_load_bytes": rss_loaded,
-                "after_warmup_bytes": run.rss_after_warmup, "peak_process_bytes": peak_rss_bytes(),
-                "growth_first_to_last_bytes": int(rss[-1] - rss[0]) if rss.size else 0,
-                "slope_second_half_bytes_per_frame": None if second_half_slope is None else round(second_half_slope, 3)},
-        "memory": run.memory,
-        "goal": "RSS slope under 10 bytes per frame",
-        "goal_met": bool(run.rss.slope() < 10.0),
-        "machine": machine_info(),
-        "wall_seconds": round(time.time() - started, 1),
-    }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / f"{args.name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out / f"{args.name}.json", result)
     # Samples, for anyone who wants to refit: frame index and RSS bytes.
     atomic_write(args.out / f"{args.name}_samples.csv",
                  "frame,rss_bytes\n" + "".join(f"{f},{r}\n" for f, r in zip(frames, rss)))
+    second_half = result["rss"]["slope_second_half_bytes_per_frame"]
     print(f"{args.model.name}: {run.frames} frames at {run.fps:.1f} fps; RSS {rss[0] / 2**20:.1f} -> "
           f"{rss[-1] / 2**20:.1f} MB (max {rss.max() / 2**20:.1f}); slope {run.rss.slope():+.3f} B/frame "
-          f"(second half {'-' if second_half_slope is None else f'{second_half_slope:+.3f}'}); heap growth {run.memory['growth_bytes_per_frame']} B/frame, "
+          f"(second half {'-' if second_half is None else f'{second_half:+.3f}'}); "
+          f"heap growth {run.memory['growth_bytes_per_frame']} B/frame, "
           f"transient {run.memory['transient_median_bytes']:.0f} B/frame")
+    print(f"target: RSS slope under {RSS_SLOPE_BYTES_PER_FRAME:g} B/frame: {verdict(result['target_met'])}")
     plot(frames, rss, run.rss.slope(), f"{args.model.name}, our pipeline: RSS over {run.frames:,} frames",
          args.out / f"{args.name}.png")
     return 0

@@ -16,7 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench.run import BenchSettings, run_and_write  # noqa: E402
+from edge.bench.run import run_and_write  # noqa: E402
+from edge.bench.settings import BenchSettings  # noqa: E402
+from targets import print_targets  # noqa: E402  (benchmarks/targets.py)
 
 FIXTURE_MODEL = ROOT.parent / "shared" / "fixtures" / "models" / "ssd_mobilenet_v1_coco_quant.tflite"
 DEMO_MODEL = ROOT / "edge" / "models" / "demo_ssd_int8.tflite"
@@ -29,8 +31,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--mem-frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--traced-warmup", type=int, default=400,
-                        help="traced frames before recording: one respawn of each of up to 4 shapes (90 frames each)")
+    parser.add_argument("--traced-warmup", type=int, default=None,
+                        help="traced frames before recording (default: what the source asks for; synthetic: 400)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -38,7 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
                              mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds, traced_warmup=args.traced_warmup)
-    run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
+    report = run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
+    print_targets(report)
     return 0
 
 

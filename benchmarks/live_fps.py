@@ -1,8 +1,8 @@
 """End-to-end `edge run` fps on a looped 960x540 video vs bare `invoke()` fps, same model and threads.
 
-The goal is at least 0.97 of bare invoke: capture (decode) runs on its own thread and overlaps with
-inference, and resizing goes straight into the input tensor. Prints a table and writes
-benchmarks/results/live_fps.json.
+The target (benchmarks/targets.py) is at least 0.90 of bare invoke: capture (decode and resize)
+runs on its own thread and overlaps with inference. Prints a table with met/missed per thread
+count and writes benchmarks/results/live_fps.json.
 
     .venv/bin/python benchmarks/live_fps.py --model ../shared/fixtures/models/ssd_mobilenet_v1_coco_quant.tflite \
         --video ../shared/fixtures/video/traffic_960x540.mp4 --frames 600 --threads 1 2
@@ -11,9 +11,7 @@ benchmarks/results/live_fps.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.detector.detector import Detector  # noqa: E402
 from edge.live.loop import LiveLoop  # noqa: E402
+from edge.files import atomic_write_json  # noqa: E402
 from edge.live.sources import open_source  # noqa: E402
+from edge.provenance import machine_info  # noqa: E402
+from targets import OURS_OVER_BARE_FPS, verdict  # noqa: E402  (benchmarks/targets.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "live_fps.json"
 
@@ -69,17 +70,19 @@ def main() -> int:
             "runtime": detector.runtime_info.describe(),
         }
         rows.append(row)
-    print(f"{'threads':>7} {'bare invoke fps':>16} {'end-to-end fps':>15} {'ratio':>6}")
+    print(f"{'threads':>7} {'bare invoke fps':>16} {'end-to-end fps':>15} {'ratio':>6}  "
+          f"target >= {OURS_OVER_BARE_FPS:.2f}")
     for r in rows:
-        print(f"{r['threads']:>7} {r['bare_invoke_fps']:>16.1f} {r['end_to_end_fps']:>15.1f} {r['ratio']:>6.3f}")
+        r["target_met"] = r["ratio"] >= OURS_OVER_BARE_FPS
+        print(f"{r['threads']:>7} {r['bare_invoke_fps']:>16.1f} {r['end_to_end_fps']:>15.1f} {r['ratio']:>6.3f}  "
+              f"{verdict(r['target_met'])}")
     report = {
-        "benchmark": "live_fps", "model": Path(args.model).name, "video": Path(args.video).name, "goal_ratio": 0.97,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
+        "benchmark": "live_fps", "model": Path(args.model).name, "video": Path(args.video).name,
+        "target_ratio": OURS_OVER_BARE_FPS, "machine": {**machine_info(), "load_average_at_end": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

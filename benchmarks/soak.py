@@ -9,9 +9,7 @@ Writes benchmarks/results/soak.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -19,9 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.detector.detector import Detector  # noqa: E402
+from edge.files import atomic_write_json  # noqa: E402
 from edge.live.loop import LiveLoop  # noqa: E402
 from edge.live.sinks import JsonLinesSink  # noqa: E402
 from edge.live.sources import open_source  # noqa: E402
+from edge.provenance import machine_info  # noqa: E402
+from targets import RSS_SLOPE_BYTES_PER_FRAME, verdict  # noqa: E402  (benchmarks/targets.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 
@@ -50,6 +51,8 @@ def main() -> int:
     print(summary.format())
     print(f"RSS slope after {args.warmup} frames: {slope:+.3f} bytes/frame; drift {drift / mb:+.3f} MB "
           f"over {summary.frames_processed - args.warmup} frames")
+    met = None if slope is None else slope < RSS_SLOPE_BYTES_PER_FRAME
+    print(f"target: RSS slope under {RSS_SLOPE_BYTES_PER_FRAME:g} B/frame: {verdict(met)}")
     report = {
         "benchmark": "soak", "model": Path(args.model).name, "source": args.source, "threads": args.threads,
         "frames": summary.frames_processed, "json_lines": lines, "warmup_frames": args.warmup,
@@ -58,12 +61,12 @@ def main() -> int:
         "elapsed_s": summary.elapsed_s, "frames_dropped": summary.frames_dropped,
         "stages_ms": {k: {q: v[q] * 1e3 for q in ("p50", "p99")} for k, v in summary.stages.items()},
         "rss_samples": summary.rss_samples, "runtime": detector.runtime_info.describe(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
+        "target": f"RSS slope under {RSS_SLOPE_BYTES_PER_FRAME:g} bytes per frame", "target_met": met,
+        "machine": {**machine_info(), "load_average_at_end": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(args.out, report, indent=1)
     print(f"wrote {args.out}")
     return 0
 

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bench.memprofile import FrameMemoryProbe, RssSampler, measure_step, rss_slope
+from edge.bench.memprofile import FrameMemoryProbe, measure_step
+from edge.memory import RssSampler, rss_slope
 
 KB = 1024
 MB = 1024 * 1024
@@ -133,16 +134,16 @@ def test_detector_pipeline_reads_zero_growth_and_small_transient(ssd_model_path,
     assert detector.detections.count > 0  # it really detected cars
 
 
-def test_usual_pipeline_reads_frame_sized_transients(ssd_model_path, coco_labels_path, traffic_frames):
+def test_baseline_pipeline_reads_frame_sized_transients(ssd_model_path, coco_labels_path, traffic_frames):
+    from edge.bench.baseline import BaselinePipeline
     from edge.detector.detector import Detector
-    from edge.bench.baseline import UsualPipeline
 
     detector = Detector(ssd_model_path, labels=coco_labels_path, num_threads=2)
-    usual = UsualPipeline(ssd_model_path, output_indices={r: o.index for r, o in detector.outputs.items()},
-                          num_threads=2)
+    baseline = BaselinePipeline(ssd_model_path, output_indices={r: o.index for r, o in detector.outputs.items()},
+                                num_threads=2)
     next_frame = _cycling(traffic_frames)
     results = []
-    profile = measure_step(lambda: results.append(len(usual.detect(next_frame()))), 30, warmup=5)
+    profile = measure_step(lambda: results.append(len(baseline.detect(next_frame()))), 30, warmup=5)
     # cvtColor of a 960x540 frame (1.5 MB) + the 300x300 resize (270 KB), allocated and freed.
     assert profile.transient_median > 500 * KB
     assert profile.transient_median > 960 * 540 * 3

@@ -1,4 +1,4 @@
-"""The baseline ``edge bench`` compares against: the per-frame pipeline as the common examples write it.
+"""The baseline ``edge bench`` compares against, *the usual pipeline*: per frame, as the common examples write it.
 
 This is deliberately *not* how edgekit runs a model. It follows, step for step, the OpenCV
 Raspberry Pi TFLite detection scripts that most tutorials copy (EdjeElectronics'
@@ -18,8 +18,8 @@ It is written honestly, not made slow on purpose: no extra ``frame.copy()`` (som
 no per-frame ``get_input_details()`` (the TF example does one), and the capture step is left to the
 caller, so in ``edge bench`` it reads from the same source as our pipeline (a ``cap.read()`` that
 returns a new frame every time, as in the examples, would add a frame's size per frame to it).
-The output tensor order is given by the caller (``edge bench`` takes it from :class:`Detector`,
-which finds it by name/shape) so both pipelines read the same tensors; the scripts hard-code it.
+The output tensor order is given by the caller (``edge bench`` takes it from ``Detector.outputs``,
+found by signature name, then shape) so both pipelines read the same tensors; the scripts hard-code it.
 Only models with the ``TFLite_Detection_PostProcess`` op are supported: examples do not decode raw heads.
 """
 
@@ -37,8 +37,8 @@ from edge.backends.tflite import RuntimeInfo, load_interpreter
 OUTPUT_ROLES = ("boxes", "classes", "scores")
 
 
-class UsualPipeline:
-    """The baseline detector: same model and threads as ours, the examples' per-frame code.
+class BaselinePipeline:
+    """The usual pipeline: same model and threads as ours, the examples' per-frame code.
 
     ``output_indices`` maps ``boxes``/``classes``/``scores`` to the interpreter's output tensor
     indices. Results are a list of ``{"box": (x0, y0, x1, y1) pixels, "class_id", "score"}``.
@@ -51,9 +51,8 @@ class UsualPipeline:
         if missing:
             raise EdgeError(f"{model_path}: the usual-pipeline baseline needs TFLite_Detection_PostProcess "
                             f"outputs (missing {', '.join(missing)})")
-        self.interpreter, self.runtime_info = load_interpreter(model_path, runtime, num_threads)
+        self.interpreter, self.runtime_info = load_interpreter(model_path, runtime, num_threads, allocate=True)
         self.runtime_info: RuntimeInfo
-        self.interpreter.allocate_tensors()
         self.input_details = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
         self.height = int(self.input_details[0]["shape"][1])

@@ -34,10 +34,12 @@ from typing import Callable
 
 import numpy as np
 
-from edge.memory import RssSampler, rss_bytes, rss_slope  # noqa: F401  (re-exported for bench)
+from edge.memory import RssSampler, rss_slope
 
 _CALIBRATION_FRAMES = 256
-TRACED_WARMUP = 30  # frames run under tracing before recording (see FrameMemoryProbe.run)
+#: Frames run under tracing before recording (see FrameMemoryProbe.run); sources whose scenes cycle
+#: ask for more through ``Source.warmup_hint`` (see BenchSettings.resolved).
+TRACED_WARMUP = 30
 
 
 @dataclass
@@ -213,7 +215,11 @@ class FrameMemoryProbe:
 
 
 def measure_step(step: Callable[[], object], frames: int, warmup: int = TRACED_WARMUP, rss_every: int = 10) -> MemoryProfile:
-    """One-shot: the :class:`MemoryProfile` of ``step`` over ``frames`` frames after ``warmup``."""
+    """One-shot: the :class:`MemoryProfile` of ``step`` over ``frames`` frames after ``warmup``.
+
+    ``edge bench`` brackets its loops with :meth:`FrameMemoryProbe.begin` / :meth:`~FrameMemoryProbe.end`
+    instead; this is the reference form the tests use to check the probe on known steps.
+    """
     with FrameMemoryProbe(frames, rss_every=rss_every) as probe:
         probe.run(step, frames, warmup=warmup)
         return probe.profile()

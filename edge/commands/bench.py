@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.backends.tflite import RUNTIMES
+from edge.backends import RUNTIMES
+from edge.commands._args import thread_count, unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,17 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem-frames", type=int, default=None,
                         help="frames measured under tracemalloc per pipeline (default: same as --frames)")
     parser.add_argument("--traced-warmup", type=int, default=None,
-                        help="frames run under tracemalloc before recording (default: 30; 400 for synthetic sources, "
-                             "whose shapes respawn every 90 frames)")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+                        help="frames run under tracemalloc before recording (default: what the source asks for, "
+                             "at least 30; synthetic asks for 400, a few cycles of its shapes)")
+    parser.add_argument("--threads", type=thread_count, metavar="N", help="interpreter threads (default: all cores)")
     parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
-    parser.add_argument("--score", type=float, default=0.5, help="score threshold (default: 0.5)")
+    parser.add_argument("--score", type=unit_interval, default=0.5, metavar="S", help="score threshold (default: 0.5)")
     parser.add_argument("--rss-every", type=int, default=10, help="sample RSS every N frames (default: 10)")
     parser.add_argument("--rounds", type=int, default=10,
                         help="timed frames of bare invoke, ours and usual alternate in this many rounds (default: 10)")
-    parser.add_argument("--no-usual", action="store_true", help="skip the usual-pipeline baseline")
-    parser.add_argument("--json", dest="json_path", type=Path, help="write every figure and the machine to this JSON file")
+    parser.add_argument("--no-usual", "--no-baseline", dest="no_baseline", action="store_true",
+                        help="skip the usual-pipeline baseline")
+    parser.add_argument("--json", dest="json_path", type=Path,
+                        help="write every figure and the machine to this JSON file")
     parser.add_argument("--report", dest="report_dir", type=Path,
                         help="write a markdown report and PNG plots (matplotlib) into this directory")
     parser.add_argument("--name", default="bench", help="file name stem inside --report (default: bench)")
@@ -38,17 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.bench.run import BenchSettings, format_summary, run_bench, write_json, write_report
+    from edge.bench.report import format_summary, write_json, write_report
+    from edge.bench.run import run_bench
+    from edge.bench.settings import BenchSettings
 
-    settings = BenchSettings(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
-                             mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
-                             score_threshold=args.score, rss_every=args.rss_every, rounds=args.rounds, usual=not args.no_usual,
-                             labels=args.labels)
-    if args.traced_warmup is not None:
-        settings.traced_warmup = args.traced_warmup
-    elif args.source.startswith("synthetic"):
-        settings.traced_warmup = 400
-    report = run_bench(settings, progress=not args.no_progress)
+    report = run_bench(BenchSettings.from_args(args), progress=not args.no_progress)
     print(format_summary(report))
     if args.json_path:
         write_json(report, args.json_path)

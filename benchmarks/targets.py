@@ -1,0 +1,126 @@
+"""The project's own targets for the benchmark figures, and the met/missed lines the scripts print.
+
+``edge bench`` reports figures and ratios and judges nothing: what counts as good enough is the
+project's call, made here, for the scripts in this folder (``bench_fixture.py``, ``bench_synthetic.py``,
+``bench_variants.py``, ``bench_rss_slope.py``, ``live_fps.py``, ``detect_overhead.py``, ``soak.py``).
+
+    from targets import print_targets      # scripts run from benchmarks/ have it on sys.path
+    report = run_and_write(settings, out, name, command)
+    print_targets(report)
+
+Or check a report ``edge bench --json`` wrote (exit 1 when a target is missed):
+
+    .venv/bin/python benchmarks/targets.py bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+KB = 1024
+
+OURS_OVER_BASELINE_FPS = 1.05  # ours' fps over the usual pipeline's, at least
+OURS_OVER_BARE_FPS = 0.90  # ours' fps over bare invoke()'s, at least (also edge run's own loop: live_fps.py)
+TRANSIENT_BYTES = 1 * KB  # ours: bytes allocated and freed within a frame (median), under
+GROWTH_BYTES_PER_FRAME = 1.0  # ours: net heap growth trend, under (negative: memory returned, never a miss)
+RSS_SLOPE_BYTES_PER_FRAME = 10.0  # ours: RSS least-squares slope, under
+DETECT_OVERHEAD_MS = 1.0  # Detector.detect() minus bare invoke() (preprocess + postprocess p50), under
+
+
+@dataclass(frozen=True)
+class Target:
+    """``value(model result)`` compared with ``limit`` by ``op``; ``value`` returns None when the
+    figure does not exist (no baseline ran): not applicable, rather than missed."""
+
+    key: str
+    text: str
+    value: Callable[[dict], float | None]
+    op: Callable[[float, float], bool]
+    limit: float
+    unit: str = ""
+
+    def met(self, result: dict) -> bool | None:
+        try:
+            value = self.value(result)
+        except (KeyError, TypeError):
+            return None
+        return None if value is None else bool(self.op(value, self.limit))
+
+
+def _baseline_ratio(key: str) -> Callable[[dict], float | None]:
+    return lambda r: r["ratios"].get(key) if r.get("usual") else None
+
+
+#: Checked against each model of an ``edge bench`` report (``report["models"][i]``).
+BENCH_TARGETS: tuple[Target, ...] = (
+    Target("fps_over_baseline", f"ours >= {OURS_OVER_BASELINE_FPS:.2f}x the usual pipeline's fps",
+           _baseline_ratio("ours_fps_over_usual_fps"), operator.ge, OURS_OVER_BASELINE_FPS, "x"),
+    Target("fps_over_bare", f"ours >= {OURS_OVER_BARE_FPS:.2f}x bare invoke() fps",
+           lambda r: r["ratios"]["ours_fps_over_bare_fps"], operator.ge, OURS_OVER_BARE_FPS, "x"),
+    Target("transient", "ours: transient under 1 KB per frame",
+           lambda r: r["ours"]["memory"]["transient_median_bytes"], operator.lt, TRANSIENT_BYTES, " B"),
+    # A trend under 1 B/frame covers both |trend| < 1 and any negative trend (memory returned).
+    Target("zero_growth", "ours: zero net heap growth (trend under 1 B/frame)",
+           lambda r: r["ours"]["memory"]["growth_trend_bytes_per_frame"], operator.lt, GROWTH_BYTES_PER_FRAME,
+           " B/frame"),
+    Target("rss_slope", "ours: RSS slope under 10 B/frame",
+           lambda r: r["ours"]["rss"]["slope_bytes_per_frame"], operator.lt, RSS_SLOPE_BYTES_PER_FRAME, " B/frame"),
+)
+
+
+def evaluate(result: dict, targets: tuple[Target, ...] = BENCH_TARGETS) -> list[dict]:
+    """``[{key, target, value, unit, met}]`` for one model; ``met`` is None where the figure does not exist."""
+    out = []
+    for t in targets:
+        try:
+            value = t.value(result)
+        except (KeyError, TypeError):
+            value = None
+        out.append({"key": t.key, "target": t.text, "value": value, "unit": t.unit, "met": t.met(result)})
+    return out
+
+
+def verdict(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "n/a"}[met]
+
+
+def format_targets(report: dict) -> str:
+    """Per model: each target with the measured value and met / MISSED / n/a, then a count."""
+    lines = []
+    for r in report["models"]:
+        checked = evaluate(r)
+        applicable = [c for c in checked if c["met"] is not None]
+        lines.append(f"targets for {r['model_name']}: {sum(c['met'] for c in applicable)}/{len(applicable)} met")
+        for c in checked:
+            value = "-" if c["value"] is None else f"{c['value']:.3g}{c['unit']}"
+            lines.append(f"  {verdict(c['met']):6} {c['target']} (measured {value})")
+    return "\n".join(lines)
+
+
+def print_targets(report: dict) -> int:
+    """Print :func:`format_targets`; returns how many targets were missed over every model."""
+    print(format_targets(report))
+    return sum(1 for r in report["models"] for c in evaluate(r) if c["met"] is False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", nargs="?", type=Path,
+                        help="an edge bench JSON report to check (default: list the targets)")
+    args = parser.parse_args(argv)
+    if args.report is None:
+        for t in BENCH_TARGETS:
+            print(t.text)
+        print(f"detect() overhead over bare invoke() under {DETECT_OVERHEAD_MS:g} ms (detect_overhead.py)")
+        return 0
+    return 1 if print_targets(json.loads(args.report.read_text())) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What one ``edge bench`` call runs: :class:`BenchSettings`, shared by the CLI and ``benchmarks/``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from edge.bench.memprofile import TRACED_WARMUP
+from edge.errors import EdgeError
+
+
+@dataclass
+class BenchSettings:
+    """Frame counts are per pipeline. ``None`` means "work it out": ``mem_frames`` then equals
+    ``frames``, and ``traced_warmup`` comes from the source (:meth:`resolved`)."""
+
+    models: list[Path]
+    source: str = "synthetic"
+    frames: int = 500  # timed frames (tracemalloc off)
+    warmup: int = 50
+    mem_frames: int | None = None  # traced frames (tracemalloc on)
+    threads: int | None = None
+    runtime: str | None = None
+    score_threshold: float = 0.5
+    rss_every: int = 10
+    traced_warmup: int | None = None  # frames run under tracing before recording (see FrameMemoryProbe.run)
+    rounds: int = 10  # timed frames of bare invoke, ours and the baseline alternate in this many rounds
+    baseline: bool = True  # also run the usual pipeline (edge.bench.baseline)
+    labels: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BenchSettings":
+        """The settings ``edge bench``'s options give (see :mod:`edge.commands.bench`)."""
+        return cls(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
+                   mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
+                   score_threshold=args.score, rss_every=args.rss_every, traced_warmup=args.traced_warmup,
+                   rounds=args.rounds, baseline=not args.no_baseline, labels=args.labels)
+
+    def validate(self) -> None:
+        """Raise :class:`EdgeError` naming the first setting that cannot work."""
+        if not self.models:
+            raise EdgeError("edge bench: give at least one MODEL")
+        for model in self.models:
+            if not Path(model).is_file():
+                raise EdgeError(f"{model}: no such model file")
+        minimum = {"frames": 2, "warmup": 0, "mem_frames": 1, "rss_every": 1, "traced_warmup": 0, "rounds": 1,
+                   "threads": 1}
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                words = "0 or more" if least == 0 else f"at least {least}"
+                raise EdgeError(f"--{name.replace('_', '-')} {value}: must be {words}")
+
+    @property
+    def traced_frames(self) -> int:
+        return self.mem_frames if self.mem_frames is not None else self.frames
+
+    def resolved(self, source) -> "BenchSettings":
+        """A copy with every ``None`` count filled in; the traced warm-up covers ``source.warmup_hint``
+        (a scene generator's cycle) and never goes below :data:`~edge.bench.memprofile.TRACED_WARMUP`."""
+        traced_warmup = self.traced_warmup
+        if traced_warmup is None:
+            traced_warmup = max(TRACED_WARMUP, int(getattr(source, "warmup_hint", 0) or 0))
+        return replace(self, mem_frames=self.traced_frames, traced_warmup=traced_warmup)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["models"] = [str(m) for m in self.models]
+        data["labels"] = None if self.labels is None else str(self.labels)
+        data["mem_frames"] = self.traced_frames
+        return data
