@@ -93,12 +93,12 @@ class _TracedWindow(Sink):
     """Starts tracemalloc after ``start`` frames and reads it ``frames`` frames later."""
 
     def __init__(self, start: int, frames: int) -> None:
-        self.start, self.end, self.seen = start, start + frames, 0
+        self.first, self.end, self.seen = start, start + frames, 0
         self.before = self.after = self.peak = 0
 
-    def write(self, frame_index, timestamp, frame, detections, annotated) -> None:
+    def write(self, frame, detections, annotated) -> None:
         self.seen += 1
-        if self.seen == self.start:
+        if self.seen == self.first:
             tracemalloc.start()
             self.before = tracemalloc.get_traced_memory()[0]
         elif self.seen == self.end:
