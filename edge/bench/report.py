@@ -95,10 +95,27 @@ def _settings_line(report: dict) -> str:
             f"(after {s['traced_warmup']} traced warm-up frames)")
 
 
+def threads_text(r: dict) -> str:
+    """Which thread counts ran: ours (chosen end to end, or given), the baseline's best, bare invoke()."""
+    rt = r["runtime"]
+    text = f"ours {rt['threads']} thread(s)"
+    auto = rt.get("threads_auto")
+    if auto:
+        measured = ", ".join(f"{n}: {fps:.1f} fps" for n, fps in auto["fps_by_threads"].items())
+        text += f" (auto, measured end to end: {measured})"
+    base = r.get(BASELINE)
+    if base and base.get("fps_by_threads"):
+        measured = ", ".join(f"{n}: {fps:.1f} fps" for n, fps in base["fps_by_threads"].items())
+        text += f"; usual at its best, {base['threads']} thread(s) ({measured})"
+    if rt.get("bare_threads"):
+        text += f"; bare invoke() {rt['bare_threads']} thread(s)"
+    return text
+
+
 def _model_lines(r: dict) -> list[str]:
     rt, ratios = r["runtime"], r["ratios"]
-    lines = [f"{r['model_name']}: {rt['name']} {rt['version']}, {rt['threads']} thread(s); {r['head']} head, "
-             f"input {r['input_size'][1]}x{r['input_size'][0]}"]
+    lines = [f"{r['model_name']}: {rt['name']} {rt['version']}; {r['head']} head, "
+             f"input {r['input_size'][1]}x{r['input_size'][0]}", f"  threads: {threads_text(r)}"]
     ours = f"  ours: {fmt_ratio(ratios['ours_fps_over_bare_fps'])} the fps of bare invoke()"
     if r.get(BASELINE):
         ours_t = r[OURS]["memory"]["transient_median_bytes"]
@@ -218,8 +235,8 @@ def _md_ratios(r: dict) -> list[str]:
 def _md_model(r: dict) -> list[str]:
     rt = r["runtime"]
     out = [f"## {r['model_name']}", "",
-           f"Runtime {rt['name']} {rt['version']}, {rt['threads']} thread(s); "
-           f"{r['head']} head, input {r['input_size'][1]}x{r['input_size'][0]}.", ""]
+           f"Runtime {rt['name']} {rt['version']}; {r['head']} head, input {r['input_size'][1]}x{r['input_size'][0]}. "
+           f"Threads: {threads_text(r)}.", ""]
     if rt.get("note"):
         out += [f"> {rt['note']}", ""]
     return out + _md_load_memory(r) + _md_stages(r) + _md_frame_memory(r) + _md_ratios(r)

@@ -164,15 +164,42 @@ def round_sizes(settings: BenchSettings) -> list[int]:
 
 def progress_total(settings: BenchSettings) -> int:
     """Frames the progress bar counts for every model (``settings`` resolved)."""
-    pipelines = 3 if settings.baseline else 2
-    traced = (settings.traced_warmup or 0) + settings.traced_frames
-    return ((settings.warmup + settings.frames) * pipelines + traced * (pipelines - 1)) * len(settings.models)
+    baselines = len(thread_plan(settings)) if settings.baseline else 0
+    traced = ((settings.traced_warmup or 0) + settings.traced_frames) * (2 if baselines else 1)
+    return ((settings.warmup + settings.frames) * (2 + baselines) + traced) * len(settings.models)
 
 
 # ---- one model ------------------------------------------------------------------------------------------
 
 
-def load_measured(model: Path, settings: BenchSettings):
+def thread_plan(settings: BenchSettings) -> list[int]:
+    """Interpreter thread counts to run: ``auto`` gives all cores and one fewer (ours keeps the faster
+    end to end, as ``edge run`` does; the baseline runs at each and its best counts); a number, that one."""
+    from edge.detector.threads import thread_candidates
+    from edge.provenance import usable_cores
+
+    if settings.threads == "auto":
+        return thread_candidates()
+    return [settings.threads or usable_cores()]
+
+
+def tune_threads(detector, loop, candidates: list[int], progress: Progress) -> dict | None:
+    """Let :class:`~edge.detector.threads.ThreadTuner` pick ours' thread count on ``loop``'s frames."""
+    if len(candidates) < 2:
+        return None
+    from edge.detector.threads import ThreadTuner
+
+    progress.describe(f"{OURS}: choosing threads")
+    tuner = ThreadTuner(detector, candidates)
+    scratch = StageTimes(STAGES, capacity=SCRATCH_FRAMES)
+    while not tuner.done:
+        if not loop.frame(scratch):
+            raise EdgeError("the source ended while the thread count was being measured; use a looping source")
+        tuner.frame_done()
+    return {"chosen": tuner.chosen, "fps_by_threads": {str(c): round(1.0 / m, 2) for c, m in tuner.medians.items()}}
+
+
+def load_measured(model: Path, settings: BenchSettings, threads: int | None = None):
     """A second backend of ``model`` for bare ``invoke()``, and ``(backend, memory)`` of loading it.
 
     ``memory``: ``rss_load_bytes`` (RSS across the load: the model file read, the interpreter and
@@ -182,11 +209,11 @@ def load_measured(model: Path, settings: BenchSettings):
     from edge.backends import open_backend
 
     rss_before = rss_bytes()
-    backend = open_backend(model, settings.runtime, settings.threads)
+    backend = open_backend(model, settings.runtime, threads)
     return backend, {"rss_load_bytes": rss_bytes() - rss_before, **backend.memory()}
 
 
-def open_baseline(detector, settings: BenchSettings):
+def open_baseline(detector, settings: BenchSettings, threads: int):
     """``(baseline pipeline or None, why it was skipped or None)`` for ``detector``'s model."""
     from edge.contract.modelinfo import HEAD_POSTPROCESS
 
@@ -200,35 +227,49 @@ def open_baseline(detector, settings: BenchSettings):
     norm = detector.info.normalization if detector.info else None
     indices = {role: spec.index for role, spec in detector.outputs.items()}
     baseline = BaselinePipeline(detector.model_path, output_indices=indices,
-                                score_threshold=settings.score_threshold, num_threads=settings.threads,
+                                score_threshold=settings.score_threshold, num_threads=threads,
                                 runtime=settings.runtime, mean=norm.mean if norm else 127.5,
                                 std=norm.std if norm else 127.5)
     return baseline, None
 
 
-def measure(detector, baseline, bare_backend, settings: BenchSettings, progress: Progress) -> dict[str, PipelineRun]:
-    """Warm-up, the timed rounds (bare, ours, the baseline interleaved), then the traced frames."""
+def measure(detector, baselines: dict[int, object], bare_backend, candidates: list[int], settings: BenchSettings,
+            progress: Progress) -> tuple[dict[str, PipelineRun], dict | None]:
+    """Thread choice, warm-up, the timed rounds (bare, ours, the baseline at each thread count,
+    interleaved), then the traced frames of ours and of the fastest baseline."""
     from edge.live.sources import open_source
 
     bare = BareLoop(bare_backend)
     pipelines: list[tuple[PipelineRun, object]] = [(new_run("bare", settings, ("invoke",)), bare)]
+    tuning = None
     try:
-        pipelines.append((new_run(OURS, settings), OursLoop(detector, open_source(settings.source, loop=True))))
-        if baseline is not None:
+        ours_loop = OursLoop(detector, open_source(settings.source, loop=True))
+        pipelines.append((new_run(OURS, settings), ours_loop))
+        tuning = tune_threads(detector, ours_loop, candidates, progress)
+        for threads, baseline in baselines.items():
             loop = BaselineLoop(baseline, open_source(settings.source, loop=True))
-            pipelines.append((new_run(BASELINE, settings), loop))
+            pipelines.append((new_run(f"{BASELINE}@{threads}", settings), loop))
         for run, loop in pipelines:
             warm_up(run, loop, settings, progress)
         bare.hold_input_of(detector.backend)  # bare invoke() then runs on a real frame, as the pipelines do
         for chunk in round_sizes(settings):
             for run, loop in pipelines:
                 timed_chunk(run, loop, chunk, progress)
-        for run, loop in pipelines[1:]:
+        runs = {run.name: (run, loop) for run, loop in pipelines}
+        base = [runs[name] for name in runs if name.startswith(f"{BASELINE}@")]
+        best = max(base, key=lambda pair: pair[0].fps) if base else None
+        for run, loop in [runs[OURS]] + ([best] if best else []):
             traced(run, loop, settings.traced_frames, progress, settings.traced_warmup or 0)
     finally:
         for _, loop in pipelines:
             loop.close()
-    return {run.name: run for run, _ in pipelines}
+    result = {"bare": runs["bare"][0], OURS: runs[OURS][0]}
+    if best is not None:
+        result[BASELINE] = best[0]
+        result["baseline_by_threads"] = {name.split("@")[1]: round(run.fps, 3)
+                                         for name, (run, _) in runs.items() if name.startswith(f"{BASELINE}@")}
+        result["baseline_threads"] = int(best[0].name.split("@")[1])
+    return result, tuning
 
 
 def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dict:
@@ -236,19 +277,25 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
     from edge.detector.detector import Detector
 
     model = Path(model)
+    candidates = thread_plan(settings)
     progress.describe(f"{model.name}: loading")
     rss_start = rss_bytes()
-    bare_backend, load_memory = load_measured(model, settings)
+    bare_backend, load_memory = load_measured(model, settings, candidates[0])
     rss_before = rss_bytes()
     detector = Detector(model, labels=settings.labels, score_threshold=settings.score_threshold,
-                        num_threads=settings.threads, runtime=settings.runtime)
+                        num_threads=candidates[0], runtime=settings.runtime)
     rss_loaded = rss_bytes()
-    baseline, skipped = open_baseline(detector, settings)
-    runs = measure(detector, baseline, bare_backend, settings, progress)
+    baselines, skipped = {}, None
+    for threads in candidates:
+        baseline, skipped = open_baseline(detector, settings, threads)
+        if baseline is not None:
+            baselines[threads] = baseline
+    runs, tuning = measure(detector, baselines, bare_backend, candidates, settings, progress)
     info = detector.backend.info
     result: dict = {"model": str(model), "model_name": model.name,
                     "runtime": {"name": info.name, "version": info.version, "threads": info.num_threads,
-                                "note": info.note},
+                                "bare_threads": bare_backend.info.num_threads, "note": info.note,
+                                "threads_auto": tuning},
                     "interpreter_memory": load_memory, "head": detector.head, "input_size": list(detector.input_size)}
     if skipped:
         result["usual_skipped"] = skipped
@@ -256,6 +303,9 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
     result["bare"] = runs["bare"].bare_dict()
     result[OURS] = ours.to_dict()
     result[BASELINE] = runs[BASELINE].to_dict() if BASELINE in runs else None
+    if BASELINE in runs:
+        result[BASELINE]["threads"] = runs["baseline_threads"]
+        result[BASELINE]["fps_by_threads"] = runs["baseline_by_threads"]
     result["rss"] = {"at_start_bytes": rss_start, "before_detector_bytes": rss_before,
                      "after_model_load_bytes": rss_loaded, "after_warmup_bytes": ours.rss_after_warmup,
                      "detector_load_delta_bytes": rss_loaded - rss_before, "peak_rss_process_bytes": peak_rss_bytes()}

@@ -20,7 +20,7 @@ class BenchSettings:
     frames: int = 500  # timed frames (tracemalloc off)
     warmup: int = 50
     mem_frames: int | None = None  # traced frames (tracemalloc on)
-    threads: int | None = None
+    threads: int | str | None = "auto"  # "auto": ours measures its thread count end to end (edge run's default)
     runtime: str | None = None
     score_threshold: float = 0.5
     rss_every: int = 10
@@ -48,7 +48,7 @@ class BenchSettings:
                    "threads": 1}
         for name, least in minimum.items():
             value = getattr(self, name)
-            if value is not None and value < least:
+            if isinstance(value, int) and value < least:
                 words = "0 or more" if least == 0 else f"at least {least}"
                 raise EdgeError(f"--{name.replace('_', '-')} {value}: must be {words}")
 

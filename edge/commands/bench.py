@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from edge.backends import RUNTIMES
-from edge.commands._args import thread_count, unit_interval
+from edge.commands._args import THREADS_AUTO, threads_or_auto, unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traced-warmup", type=int, default=None,
                         help="frames run under tracemalloc before recording (default: what the source asks for, "
                              "at least 30; synthetic asks for 400, a few cycles of its shapes)")
-    parser.add_argument("--threads", type=thread_count, metavar="N", help="interpreter threads (default: all cores)")
+    parser.add_argument("--threads", type=threads_or_auto, default=THREADS_AUTO, metavar="N|auto",
+                        help="interpreter threads; auto (default): ours measures all cores against one left for "
+                             "capture and keeps the faster end to end, as edge run does, the baseline runs at "
+                             "each and its best is compared, bare invoke() uses all cores")
     parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
     parser.add_argument("--score", type=unit_interval, default=0.5, metavar="S", help="score threshold (default: 0.5)")
