@@ -225,3 +225,24 @@ def test_bench_measures_the_frame_step_edge_run_runs():
     assert sorted(bench.frames) == sorted(live.frames) and len(live.frames) == frames
     assert bench.frames == live.frames
     assert any(live.frames.values())  # the model found shapes, so boxes were compared
+
+
+def test_auto_threads_choose_ours_end_to_end_and_compare_the_baseline_at_its_best():
+    """The default: ours measures every candidate thread count on real frames and keeps the faster;
+    the baseline runs at each candidate and the fastest is the one the ratios use."""
+    from edge.detector.threads import thread_candidates
+    from edge.models import DEMO_MODEL
+
+    candidates = thread_candidates()
+    settings = BenchSettings(models=[DEMO_MODEL], source="synthetic:320x240", frames=20, warmup=3,
+                             mem_frames=5, rounds=2, rss_every=4, traced_warmup=5)
+    assert settings.threads == "auto"
+    (r,) = run_bench(settings, progress=False)["models"]
+    usual = r["usual"]
+    assert set(usual["fps_by_threads"]) == {str(c) for c in candidates}
+    assert usual["fps"] == pytest.approx(max(usual["fps_by_threads"].values()), rel=1e-3)
+    assert r["runtime"]["bare_threads"] == candidates[0]
+    if len(candidates) > 1:
+        auto = r["runtime"]["threads_auto"]
+        assert auto["chosen"] == r["runtime"]["threads"] and auto["chosen"] in candidates
+        assert set(auto["fps_by_threads"]) == {str(c) for c in candidates}
