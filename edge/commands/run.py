@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from edge.commands._args import add_model_args, model_from_args, nonnegative_float, positive_float, positive_int
 from edge.errors import EdgeError
@@ -20,10 +21,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera index (0), video file, rtsp/http URL, GStreamer pipeline ending in appsink, "
                              "picamera2, image folder or glob, or synthetic[:WxH[@FPS]] (default: synthetic)")
     parser.add_argument("--json", metavar="PATH|-", help="write JSON lines (one per frame) to PATH or stdout")
-    parser.add_argument("--video", metavar="PATH", help="write the annotated video (.mp4, .avi, .mkv)")
+    parser.add_argument("--video", metavar="PATH",
+                        help="write the annotated video (.mp4, .avi, .mkv), as .NAME.part.EXT until it is closed. "
+                             "An MP4 cut by SIGKILL or power loss has no index and does not play beyond its last "
+                             "closed segment (see --video-segment); without segments use .mkv (Matroska): cut "
+                             "short it still plays up to the last block FFmpeg wrote (256 KB blocks: the one in "
+                             "progress is lost, ~9 s of 160x120 video, and a run shorter than a block leaves "
+                             "nothing)")
+    parser.add_argument("--video-segment", type=positive_float, metavar="MINUTES",
+                        help="start a new video file every MINUTES of video (frames at the file's fps): "
+                             "STEM-0001.EXT, STEM-0002.EXT, ... beside --video PATH, each playable once it "
+                             "ends, so a hard kill loses at most the open one and memory stays bounded")
     parser.add_argument("--preview", metavar="[HOST:]PORT",
                         help="serve a live preview page (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:8080)")
-    parser.add_argument("--token", help="require ?token=T on the preview page (use it with a public HOST)")
+    parser.add_argument("--token", help="require ?token=T on the preview page (use it with a public HOST); "
+                                        "visible in ps: prefer --token-file or EDGE_PREVIEW_TOKEN")
+    parser.add_argument("--token-file", metavar="PATH", type=Path,
+                        help="read the preview token from the first line of PATH (EDGE_PREVIEW_TOKEN works too)")
     parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N processed frames")
     parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--loop", action="store_true", help="restart files and folders at their end")
@@ -47,7 +61,7 @@ def check_run_paths(args: argparse.Namespace) -> None:
 
     model = model_from_args(args) or default_model_path()
     check_paths([("MODEL", model), ("the model's sidecar", sidecar_path(model)), ("--labels", args.labels),
-                 ("--source", args.source)],
+                 ("--source", args.source), ("--token-file", args.token_file)],
                 [("--json", args.json, STREAM), ("--video", args.video, FILE)])
 
 
@@ -61,12 +75,13 @@ def build_sinks(args: argparse.Namespace, source) -> list:
         if args.json:
             sinks.append(JsonLinesSink(args.json))
         if args.video:
-            sinks.append(VideoSink(args.video, source.fps))
+            sinks.append(VideoSink(args.video, source.fps, segment_minutes=args.video_segment))
         if args.preview:
             host, port = parse_bind(args.preview)
-            if not is_loopback(host) and not args.token:
-                _log(f"warning: the preview on {host}:{port} is open to anyone on the network; add --token")
-            server = PreviewServer(host, port, token=args.token).start()
+            token = args.preview_token
+            if not is_loopback(host) and not token:
+                _log(f"warning: the preview on {host}:{port} is open to anyone on the network; add --token-file")
+            server = PreviewServer(host, port, token=token).start()
             sinks.append(PreviewSink(server))
             _log(f"preview at {server.url}")
     except BaseException:
@@ -83,10 +98,16 @@ def main(args: argparse.Namespace) -> int:
     from edge.live.preview import parse_bind
     from edge.live.sources import open_source
 
-    if args.token and not args.preview:
-        raise EdgeError("--token is for the preview page: add --preview [HOST:]PORT")
+    if (args.token is not None or args.token_file is not None) and not args.preview:
+        raise EdgeError("--token and --token-file are for the preview page: add --preview [HOST:]PORT")
+    if args.video_segment is not None and not args.video:
+        raise EdgeError("--video-segment is for the video file: add --video PATH")
+    args.preview_token = None
     if args.preview:
+        from edge.live.preview import resolve_token
+
         parse_bind(args.preview)
+        args.preview_token = resolve_token(args.token, args.token_file)
     check_run_paths(args)
 
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
@@ -120,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
     if summary.stop_reason == "source error":
         _log(f"source {args.source} failed: {loop.capture.error}")
         return 1
-    if loop.sink_error is not None:
+    if loop.sink_error is not None:  # said when it happened; again last, below the summary
         _log(f"stopped: {loop.sink_error}")
         return 1
     return 0
