@@ -1,0 +1,613 @@
+"""A ByteTrack-style multi-object tracker in numpy, with fixed-capacity, preallocated state.
+
+Why this shape
+--------------
+The live loop runs for days on boards with a few hundred MB, so the tracker allocates every array
+in its constructor and refills them frame after frame: steady state has zero net heap growth, and a
+frame's transient allocations are a handful of small numpy views and index arrays (measured in
+``tests/test_tracker.py``). Each track lives in one *slot* (row ``0 .. max_tracks-1`` of the state
+arrays) from birth to end; the public :class:`Tracks` is a compacted, columnar copy of the live slots.
+
+Association (ByteTrack, Zhang et al. 2022), per frame:
+
+1. every live track predicts its box with constant velocity (centre and size, pixels per frame);
+2. detections with ``score >= high_score`` are matched to confirmed tracks by IoU with the
+   predicted boxes, then the high ones still free to tentative tracks;
+3. detections with ``low_score <= score < high_score`` are matched to the confirmed tracks still
+   free that were seen in the previous frame: an occluded or blurred object keeps its track
+   through a weak detection, but a weak detection never starts a track or revives a lost one;
+4. high-score detections left over start tentative tracks; a tentative track is confirmed (and only
+   then gets a public id) after ``confirm_frames`` consecutive matched frames, and is dropped on its
+   first miss; a confirmed track coasts on its prediction for up to ``max_missed`` frames unseen.
+
+Matching is class-aware (a track keeps the class it was born with and only matches detections of
+that class) and greedy: the highest IoU pair is taken first, then the next among the rest, down to
+``match_iou``. Greedy rather than Hungarian because with at most 64 tracks and an IoU gate of 0.3
+against motion-predicted boxes, candidate pairs rarely compete (two same-class objects must overlap
+both predictions by >= 0.3 at once), and there greedy and optimal assignment almost always agree;
+an optimal solver would need scipy (excluded on the board) or ``lap`` (a compiled dependency) or an
+O(n^3) pure-Python loop, all to change the outcome in those rare ties. The greedy pass is at most
+``min(detections, tracks)`` argmax calls over a preallocated ``[max_detections, max_tracks]`` matrix.
+
+Units: boxes are ``(x0, y0, x1, y1)`` in pixels of the frame the detector saw (as in
+:class:`~edge.contract.detections.Detections`); velocities are pixels per source frame; ``hits``,
+``age`` and ``missed`` count calls to :meth:`Tracker.update` (processed frames).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.errors import EdgeError
+
+
+class Tracks:
+    """The live tracks after one :meth:`Tracker.update`, columnar, ``count`` rows.
+
+    One instance per tracker, refilled every update: the properties are views valid until the
+    next update (copy what you keep). Rows are in slot order, not id order.
+
+    ============================  =============================================================
+    ``ids``                       int64, the public track id; -1 while tentative (unconfirmed)
+    ``boxes``                     float32 ``[count, 4]`` ``(x0, y0, x1, y1)`` pixels: the matched
+                                  detection's box when seen this frame, else the prediction
+    ``class_ids``                 int32, the class the track was born with (never changes)
+    ``scores``                    float32, score of the last detection matched to it
+    ``confirmed``                 bool, confirmed after ``confirm_frames`` consecutive hits
+    ``hits``                      int32, updates in which it was matched (birth frame included)
+    ``age``                       int32, updates since birth (1 on the birth frame)
+    ``missed``                    int32, consecutive updates without a match (0: seen now)
+    ``slots``                     intp, the tracker slot of each row: stable for a track's life
+                                  (reused after it ends), to index per-track state arrays
+    ``detection_track_ids``       int64 ``[detection_count]``: per row of the Detections given to
+                                  ``update``, the public id of its track, -1 when the detection
+                                  matched a tentative track or none (below ``low_score``, refused)
+    ============================  =============================================================
+
+    ``seq`` is the frame number given to ``update`` (else the update count), ``frame`` the update
+    count, ``labels`` the detector's label list (``label(i)`` names row ``i``'s class).
+
+    The underlying arrays (``_ids`` ... ``_slots``) have ``capacity`` rows: rows past ``count``
+    describe free slots and mean nothing, but ``_slots`` is always a permutation of every slot,
+    which lets :class:`~edge.events.zones.Zones` work on whole arrays without slicing.
+    """
+
+    def __init__(self, capacity: int, detection_capacity: int, labels: list[str] | None = None) -> None:
+        self.capacity = int(capacity)
+        self.labels: list[str] = list(labels or [])
+        self.count = 0
+        self.detection_count = 0
+        self.frame = 0
+        self.seq = 0
+        m = self.capacity
+        self._ids = np.full(m, -1, np.int64)
+        self._boxes = np.zeros((m, 4), np.float32)
+        self._class_ids = np.zeros(m, np.int32)
+        self._scores = np.zeros(m, np.float32)
+        self._confirmed = np.zeros(m, bool)
+        self._hits = np.zeros(m, np.int32)
+        self._age = np.zeros(m, np.int32)
+        self._missed = np.zeros(m, np.int32)
+        self._slots = np.zeros(m, np.intp)
+        self._detection_track_ids = np.full(int(detection_capacity), -1, np.int64)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[: self.count]
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self._boxes[: self.count]
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        return self._class_ids[: self.count]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._scores[: self.count]
+
+    @property
+    def confirmed(self) -> np.ndarray:
+        return self._confirmed[: self.count]
+
+    @property
+    def hits(self) -> np.ndarray:
+        return self._hits[: self.count]
+
+    @property
+    def age(self) -> np.ndarray:
+        return self._age[: self.count]
+
+    @property
+    def missed(self) -> np.ndarray:
+        return self._missed[: self.count]
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self._slots[: self.count]
+
+    @property
+    def detection_track_ids(self) -> np.ndarray:
+        return self._detection_track_ids[: self.detection_count]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def label(self, i: int) -> str:
+        class_id = int(self._class_ids[i])
+        if 0 <= class_id < len(self.labels):
+            return self.labels[class_id]
+        return str(class_id)
+
+    def track_id(self, detection_row: int) -> int | None:
+        """The public track id of detection row ``detection_row``, or ``None`` (for JSON ``"track"``)."""
+        value = int(self._detection_track_ids[detection_row])
+        return value if value >= 0 else None
+
+    def to_list(self, decimals: int = 1, confirmed_only: bool = True) -> list[dict]:
+        """Plain dicts for JSON (allocates; call it when writing, not every frame for nothing)."""
+        rows = []
+        for i in range(self.count):
+            if confirmed_only and not self._confirmed[i]:
+                continue
+            rows.append({
+                "id": int(self._ids[i]), "label": self.label(i), "class_id": int(self._class_ids[i]),
+                "score": round(float(self._scores[i]), 4),
+                "box": [round(float(v), decimals) for v in self._boxes[i]],
+                "hits": int(self._hits[i]), "age": int(self._age[i]), "missed": int(self._missed[i]),
+            })
+        return rows
+
+    def __repr__(self) -> str:
+        confirmed = int(np.count_nonzero(self.confirmed))
+        return f"Tracks({self.count} live, {confirmed} confirmed, frame {self.frame})"
+
+
+class Tracker:
+    """ByteTrack-style tracker; ``update(detections) -> Tracks`` once per processed frame.
+
+    ``max_tracks`` slots are allocated up front; a high-score detection that finds no free slot
+    starts no track and is counted in :attr:`births_refused`. Scores are the detector's (0..1);
+    ``match_iou`` is the least IoU between a detection and a predicted box to match them.
+    Give the detector a ``score_threshold`` at or below ``low_score``, or the second (low-score)
+    association never sees a detection.
+    """
+
+    #: Fraction of the prediction error added to a track's velocity on each match (an alpha-beta
+    #: filter with alpha 1: the box jumps to the detection, the velocity follows smoothly, so one
+    #: jittery box does not throw the prediction). The second match sets the velocity outright.
+    VELOCITY_GAIN = 0.4
+    MIN_SIZE = 1.0  # pixels: a predicted box never shrinks below this (size velocity can be negative)
+
+    def __init__(self, max_tracks: int = 64, high_score: float = 0.5, low_score: float = 0.1,
+                 match_iou: float = 0.3, confirm_frames: int = 3, max_missed: int = 30, *,
+                 labels: list[str] | None = None, max_detections: int | None = None) -> None:
+        _check_int("max_tracks", max_tracks, 1)
+        _check_int("confirm_frames", confirm_frames, 1)
+        _check_int("max_missed", max_missed, 0)
+        if max_detections is not None:
+            _check_int("max_detections", max_detections, 1)
+        for name, value in (("high_score", high_score), ("low_score", low_score), ("match_iou", match_iou)):
+            if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+                raise EdgeError(f"tracker {name} {value!r}: must be a number between 0 and 1")
+        if low_score > high_score:
+            raise EdgeError(f"tracker low_score {low_score} is above high_score {high_score}")
+        if match_iou <= 0.0:
+            raise EdgeError(f"tracker match_iou {match_iou}: must be above 0")
+        self.max_tracks = int(max_tracks)
+        self.high_score = float(high_score)
+        self.low_score = float(low_score)
+        self.match_iou = float(match_iou)
+        self.confirm_frames = int(confirm_frames)
+        self.max_missed = int(max_missed)
+        self.births_refused = 0  # high-score detections that found every slot taken
+        self._next_id = 1  # public ids count up from 1 and are never reused
+        self._last_seq: int | None = None
+
+        m = self.max_tracks
+        # --- per-slot track state -------------------------------------------------------------
+        self._live = np.zeros(m, bool)
+        self._confirmed = np.zeros(m, bool)
+        self._id = np.full(m, -1, np.int64)
+        self._cls = np.zeros(m, np.int32)
+        self._score = np.zeros(m, np.float32)
+        self._hits = np.zeros(m, np.int32)
+        self._age = np.zeros(m, np.int32)
+        self._missed = np.zeros(m, np.int32)
+        # Everything float32, like the detector's boxes: mixing dtypes in a ufunc makes numpy
+        # allocate cast buffers, and float32 resolves 0.001 px at 4K, far below detector jitter.
+        self._since = np.ones(m, np.float32)  # source frames since the last match (velocity divisor)
+        self._state = np.zeros((m, 4), np.float32)  # cx, cy, w, h (pixels)
+        self._vel = np.zeros((m, 4), np.float32)  # d(cx, cy, w, h) per source frame
+        self._pred = np.zeros((m, 4), np.float32)  # the state predicted for this frame
+        self._pred_xyxy = np.zeros((m, 4), np.float32)
+        self._parea = np.zeros(m, np.float32)
+        self._meas = np.zeros((m, 4), np.float32)  # each slot's matched detection, cx cy w h
+        self._resid = np.zeros((m, 4), np.float32)
+        self._gain = np.zeros(m, np.float32)
+        self._mscore = np.zeros(m, np.float32)
+        self._match_det = np.full(m, -1, np.intp)  # detection row matched to each slot, -1 none
+        self._tused = np.zeros(m, bool)  # matched this frame
+        self._tsel = np.zeros(m, bool)  # tracks taking part in the current association stage
+        self._tb1 = np.zeros(m, bool)
+        self._tb2 = np.zeros(m, bool)
+        self._tnot = np.zeros(m, bool)
+        self._tnot_row = self._tnot[None, :]
+        self._cls_f = np.zeros(m, np.float32)  # class ids as floats, to compare in float tiles
+        self._cls_f_row = self._cls_f[None, :]
+        self._gain4 = np.zeros((m, 4), np.float32)
+        self._ibuf = np.zeros(m, np.int32)
+        self._order = np.zeros(m, np.intp)
+        self._out_xyxy = np.zeros((m, 4), np.float32)
+        self._gain_col = self._gain[:, None]
+        self._tused_col = self._tused[:, None]
+        self._parea_row = self._parea[None, :]
+        # Column and row views made once (a view is a new object: making them per frame allocates).
+        self._pred_cols = tuple(self._pred_xyxy[:, c] for c in range(4))
+        self._pred_rows = tuple(col[None, :] for col in self._pred_cols)
+        self._pred_state_cols = tuple(self._pred[:, c] for c in range(4))
+        self._state_cols = tuple(self._state[:, c] for c in range(4))
+        self._out_cols = tuple(self._out_xyxy[:, c] for c in range(4))
+        self._live_col = self._live[:, None]
+        self._tracks = Tracks(m, max_detections or 0, labels)
+        self._det_capacity = 0
+        if max_detections is not None:
+            self._allocate_detection_buffers(int(max_detections))
+
+    # ---- buffers ------------------------------------------------------------------------------
+
+    def _allocate_detection_buffers(self, capacity: int) -> None:
+        """Arrays sized by the detector's capacity (``Detections.capacity``): from the constructor
+        with ``max_detections``, else on the first update, and again only if detections with a
+        larger capacity show up. The ``[capacity, max_tracks]`` float32 matrices (6 of them plus a
+        bool mask: 160 KB for 100 x 64, 16 KB for the 10 rows of Google's SSD) are the bulk of the
+        tracker's memory, so they follow the detector rather than a worst case."""
+        d, m = capacity, self.max_tracks
+        self._det_capacity = d
+        self._dxyxy = np.zeros((d, 4), np.float32)
+        self._dscore = np.zeros(d, np.float32)
+        self._dcls = np.zeros(d, np.int32)
+        self._darea = np.zeros(d, np.float32)
+        self._dcxcywh = np.zeros((d, 4), np.float32)
+        self._dhigh = np.zeros(d, bool)
+        self._dlow = np.zeros(d, bool)
+        self._dused = np.zeros(d, bool)
+        self._dsel = np.zeros(d, bool)
+        self._db1 = np.zeros(d, bool)
+        self._dslot = np.full(d, -1, np.intp)  # slot of each detection's track, -1 none
+        self._dneg = np.zeros(d, bool)
+        self._inter = np.zeros((d, m), np.float32)
+        self._tmp = np.zeros((d, m), np.float32)
+        self._iou = np.zeros((d, m), np.float32)
+        self._work = np.zeros((d, m), np.float32)
+        self._mask = np.zeros((d, m), bool)
+        self._dcols = tuple(self._dxyxy[:, c:c + 1] for c in range(4))  # [d, 1]: broadcast on rows
+        self._dcols_flat = tuple(self._dxyxy[:, c] for c in range(4))
+        self._dcxcywh_cols = tuple(self._dcxcywh[:, c] for c in range(4))
+        self._dnot = np.zeros(d, bool)
+        self._dcls_f = np.zeros(d, np.float32)
+        self._tile_a = np.zeros((d, m), np.float32)  # detection column spread across tracks
+        self._tile_b = np.zeros((d, m), np.float32)  # track row spread across detections
+        self._darea_col = self._darea[:, None]
+        self._dcls_f_col = self._dcls_f[:, None]
+        self._dnot_col = self._dnot[:, None]
+        if self._tracks._detection_track_ids.size < d:
+            self._tracks._detection_track_ids = np.full(d, -1, np.int64)
+
+    # ---- public -------------------------------------------------------------------------------
+
+    @property
+    def tracks(self) -> Tracks:
+        """The :class:`Tracks` the last :meth:`update` filled (the same object every frame)."""
+        return self._tracks
+
+    @property
+    def next_id(self) -> int:
+        """The id the next confirmed track will get; ``next_id - 1`` tracks have been confirmed."""
+        return self._next_id
+
+    def reset(self) -> None:
+        """End every track (e.g. the source jumped: a reconnect, a new file). Ids keep counting up,
+        so an id seen before the reset never means a different object after it."""
+        self._live.fill(False)
+        self._confirmed.fill(False)
+        self._id.fill(-1)
+        self._last_seq = None
+        self._tracks.count = 0
+        self._tracks.detection_count = 0
+
+    def update(self, detections, seq: int | None = None) -> Tracks:
+        """Associate this frame's ``detections`` with the tracks; returns the refilled :class:`Tracks`.
+
+        ``detections`` is an :class:`~edge.contract.detections.Detections` (anything with
+        ``boxes``, ``scores``, ``class_ids``, ``count`` and ``labels`` will do); it is read, not kept.
+        ``seq`` is the source frame number (``Frame.seq``): when the loop skips frames, predictions
+        step by the gap, so velocities stay in pixels per source frame. Without it, every update is
+        one frame.
+        """
+        n = int(detections.count)
+        capacity = int(getattr(detections, "capacity", n))
+        if max(capacity, n) > self._det_capacity:
+            self._allocate_detection_buffers(max(capacity, n))
+        steps = 1
+        if seq is not None:
+            if self._last_seq is not None and seq > self._last_seq:
+                steps = int(seq) - self._last_seq
+            self._last_seq = int(seq)
+        tracks = self._tracks
+        tracks.frame += 1
+        tracks.seq = int(seq) if seq is not None else tracks.frame
+        labels = getattr(detections, "labels", None)
+        if labels:
+            tracks.labels = labels  # the detector's list (a reference, not a copy)
+
+        self._load_detections(detections, n)
+        self._predict(steps)
+        self._associate()
+        self._update_matched()
+        self._end_lost()
+        self._start_tracks()
+        self._confirm()
+        self._publish(n)
+        return tracks
+
+    # ---- per frame ----------------------------------------------------------------------------
+
+    def _load_detections(self, detections, n: int) -> None:
+        """Copy this frame's detections into the tracker's buffers; rows >= n are marked unusable."""
+        self._dscore.fill(-1.0)
+        if n:
+            np.copyto(self._dxyxy[:n], detections.boxes)
+            np.copyto(self._dscore[:n], detections.scores)
+            np.copyto(self._dcls[:n], detections.class_ids, casting="unsafe")
+        x0, y0, x1, y1 = self._dcols_flat
+        cx, cy, w, h = self._dcxcywh_cols
+        np.subtract(x1, x0, out=w)
+        np.subtract(y1, y0, out=h)
+        np.multiply(w, h, out=self._darea)
+        np.add(x0, x1, out=cx)
+        cx *= 0.5
+        np.add(y0, y1, out=cy)
+        cy *= 0.5
+        np.greater_equal(self._dscore, self.high_score, out=self._dhigh)
+        np.greater_equal(self._dscore, self.low_score, out=self._dlow)
+        np.logical_xor(self._dlow, self._dhigh, out=self._dlow)  # low <= score < high
+        self._dused.fill(False)
+        self._dslot.fill(-1)
+
+    def _predict(self, steps: int) -> None:
+        """Constant-velocity prediction of every slot, ``steps`` source frames ahead (free slots are
+        computed too and masked out later: one fixed-size pass instead of indexing the live ones)."""
+        self._age += 1  # free slots' counters are reset when a track is born there
+        self._since += steps
+        if steps == 1:
+            np.add(self._state, self._vel, out=self._pred)
+        else:
+            np.multiply(self._vel, steps, out=self._pred)
+            np.add(self._pred, self._state, out=self._pred)
+        cx, cy, w, h = self._pred_state_cols
+        np.maximum(w, self.MIN_SIZE, out=w)
+        np.maximum(h, self.MIN_SIZE, out=h)
+        _cxcywh_to_xyxy(self._pred_state_cols, self._pred_cols)
+        np.multiply(w, h, out=self._parea)
+
+    def _associate(self) -> None:
+        """IoU of every detection row with every predicted box (same class, live slots only, else 0),
+        then the three ByteTrack stages over it.
+
+        numpy (2.x) makes a full-size copy of any broadcast operand of a ufunc, so a
+        ``[d, 1] op [1, m]`` call would allocate ``d * m`` floats per operand; :meth:`_tile`
+        first spreads both sides into same-shape tiles with ``np.copyto``, which does not."""
+        iou, inter, tmp, a, b = self._iou, self._inter, self._tmp, self._tile_a, self._tile_b
+        dx0, dy0, dx1, dy1 = self._dcols
+        px0, py0, px1, py1 = self._pred_rows
+        self._tile(dx1, px1)
+        np.minimum(a, b, out=inter)
+        self._tile(dx0, px0)
+        np.maximum(a, b, out=tmp)
+        np.subtract(inter, tmp, out=inter)
+        np.maximum(inter, 0.0, out=inter)  # intersection width
+        self._tile(dy1, py1)
+        np.minimum(a, b, out=tmp)
+        self._tile(dy0, py0)
+        np.maximum(a, b, out=a)
+        np.subtract(tmp, a, out=tmp)
+        np.maximum(tmp, 0.0, out=tmp)  # intersection height
+        np.multiply(inter, tmp, out=inter)
+        self._tile(self._darea_col, self._parea_row)
+        np.add(a, b, out=tmp)
+        np.subtract(tmp, inter, out=tmp)  # union area
+        np.maximum(tmp, 1e-6, out=tmp)
+        np.divide(inter, tmp, out=iou)
+        # class-aware (a track keeps its class), live slots only: zero elsewhere
+        np.copyto(self._dcls_f, self._dcls)
+        self._tile(self._dcls_f_col, self._cls_f_row)
+        np.not_equal(a, b, out=self._mask)
+        np.copyto(iou, 0.0, where=self._mask)
+        np.logical_not(self._live, out=self._tnot)
+        np.copyto(iou, 0.0, where=self._tnot_row)
+
+        self._match_det.fill(-1)
+        self._tused.fill(False)
+        live, confirmed, tsel, dsel = self._live, self._confirmed, self._tsel, self._dsel
+        # 1a: high-score detections with confirmed tracks (seen last frame or coasting)
+        np.logical_and(live, confirmed, out=tsel)
+        np.copyto(dsel, self._dhigh)
+        self._greedy()
+        # 1b: high-score detections left with tentative tracks
+        np.logical_not(confirmed, out=self._tb1)
+        np.logical_and(live, self._tb1, out=tsel)
+        np.logical_not(self._dused, out=self._db1)
+        np.logical_and(self._dhigh, self._db1, out=dsel)
+        self._greedy()
+        # 2: low-score detections with confirmed tracks still unmatched that were seen last frame
+        np.logical_and(live, confirmed, out=tsel)
+        np.logical_not(self._tused, out=self._tb1)
+        np.logical_and(tsel, self._tb1, out=tsel)
+        np.equal(self._missed, 0, out=self._tb1)
+        np.logical_and(tsel, self._tb1, out=tsel)
+        np.logical_not(self._dused, out=self._db1)
+        np.logical_and(self._dlow, self._db1, out=dsel)
+        self._greedy()
+
+    def _tile(self, column: np.ndarray, row: np.ndarray) -> None:
+        """``column`` ([d, 1]) into every column of ``_tile_a``, ``row`` ([1, m]) into every row of
+        ``_tile_b``."""
+        np.copyto(self._tile_a, column)
+        np.copyto(self._tile_b, row)
+
+    def _greedy(self) -> None:
+        """Match the selected detections (``_dsel``) and tracks (``_tsel``): best IoU pair first."""
+        n_det = int(np.count_nonzero(self._dsel))
+        if n_det == 0:
+            return
+        n_trk = int(np.count_nonzero(self._tsel))
+        if n_trk == 0:
+            return
+        work, m, threshold = self._work, self.max_tracks, self.match_iou
+        np.copyto(work, self._iou)
+        np.logical_not(self._dsel, out=self._dnot)
+        np.copyto(work, 0.0, where=self._dnot_col)
+        np.logical_not(self._tsel, out=self._tnot)
+        np.copyto(work, 0.0, where=self._tnot_row)
+        for _ in range(min(n_det, n_trk)):
+            flat = int(work.argmax())
+            i, j = divmod(flat, m)
+            if work.item(flat) < threshold:
+                break
+            self._match_det[j] = i
+            self._dslot[i] = j
+            self._dused[i] = True
+            self._tused[j] = True
+            work[i].fill(0.0)
+            work[:, j].fill(0.0)
+
+    def _update_matched(self) -> None:
+        """Matched slots take their detection's box and score; the rest coast on their prediction."""
+        matched, live = self._tused, self._live
+        np.take(self._dcxcywh, self._match_det, axis=0, out=self._meas, mode="clip")
+        np.subtract(self._meas, self._pred, out=self._resid)
+        # gain / frames since the last match: the error built up over a gap is spread over it
+        np.equal(self._hits, 1, out=self._tb1)
+        self._gain.fill(self.VELOCITY_GAIN)
+        np.copyto(self._gain, 1.0, where=self._tb1)
+        np.divide(self._gain, self._since, out=self._gain)
+        np.copyto(self._gain4, self._gain_col)
+        np.multiply(self._resid, self._gain4, out=self._resid)
+        np.add(self._vel, self._resid, out=self._resid)
+        np.copyto(self._vel, self._resid, where=self._tused_col)
+        np.copyto(self._state, self._pred, where=self._live_col)
+        np.copyto(self._state, self._meas, where=self._tused_col)
+        np.take(self._dscore, self._match_det, out=self._mscore, mode="clip")
+        np.copyto(self._score, self._mscore, where=matched)
+        # (ufuncs with where= allocate a buffer; add then copy back where wanted does not)
+        np.add(self._hits, 1, out=self._ibuf)
+        np.copyto(self._hits, self._ibuf, where=matched)
+        np.copyto(self._missed, 0, where=matched)
+        np.copyto(self._since, 0.0, where=matched)
+        np.logical_not(matched, out=self._tb1)
+        np.logical_and(self._tb1, live, out=self._tb1)  # live and unmatched
+        np.add(self._missed, 1, out=self._ibuf)
+        np.copyto(self._missed, self._ibuf, where=self._tb1)
+
+    def _end_lost(self) -> None:
+        """Tentative tracks end on their first miss, confirmed ones after ``max_missed`` misses."""
+        unmatched = self._tb1  # live and unmatched, from _update_matched
+        np.greater(self._missed, self.max_missed, out=self._tb2)
+        np.logical_not(self._confirmed, out=self._tsel)
+        np.logical_or(self._tb2, self._tsel, out=self._tb2)
+        np.logical_and(self._tb2, unmatched, out=self._tb2)
+        if np.count_nonzero(self._tb2):  # (ndarray.any() allocates; count_nonzero does not)
+            np.logical_not(self._tb2, out=self._tsel)
+            np.logical_and(self._live, self._tsel, out=self._live)
+            np.logical_and(self._confirmed, self._tsel, out=self._confirmed)
+
+    def _start_tracks(self) -> None:
+        """Every high-score detection still unmatched starts a tentative track in a free slot."""
+        np.logical_not(self._dused, out=self._db1)
+        np.logical_and(self._db1, self._dhigh, out=self._db1)
+        if not np.count_nonzero(self._db1):
+            return
+        for i in np.flatnonzero(self._db1):  # allocates only when objects appear
+            j = int(np.argmin(self._live))  # first free slot
+            if self._live[j]:
+                self.births_refused += 1
+                continue
+            self._live[j] = True
+            self._confirmed[j] = False
+            self._id[j] = -1
+            self._cls[j] = self._dcls[i]
+            self._cls_f[j] = self._dcls[i]
+            self._score[j] = self._dscore[i]
+            self._hits[j] = 1
+            self._age[j] = 1
+            self._missed[j] = 0
+            self._since[j] = 0.0
+            self._state[j] = self._dcxcywh[i]
+            self._vel[j] = 0.0
+            self._dslot[i] = j
+
+    def _confirm(self) -> None:
+        """Tentative tracks with ``confirm_frames`` hits (consecutive: a miss ends them) get an id."""
+        np.logical_not(self._confirmed, out=self._tb1)
+        np.logical_and(self._tb1, self._live, out=self._tb1)
+        np.greater_equal(self._hits, self.confirm_frames, out=self._tb2)
+        np.logical_and(self._tb1, self._tb2, out=self._tb1)
+        if not np.count_nonzero(self._tb1):
+            return
+        for j in np.flatnonzero(self._tb1):
+            self._confirmed[j] = True
+            self._id[j] = self._next_id
+            self._next_id += 1
+
+    def _publish(self, n: int) -> None:
+        """Compact the live slots into :class:`Tracks` and map detection rows to public ids."""
+        tracks = self._tracks
+        out = self._out_xyxy
+        _cxcywh_to_xyxy(self._state_cols, self._out_cols)
+        # Live slots first (in slot order), then the free ones: ``slots`` is a permutation of all
+        # slots, so per-track state elsewhere (zones) can gather and scatter all rows at once.
+        live_slots = np.flatnonzero(self._live)  # <= max_tracks indices: the per-frame arrays
+        k = live_slots.size
+        np.logical_not(self._live, out=self._tb1)
+        order = self._order
+        order[:k] = live_slots
+        order[k:] = np.flatnonzero(self._tb1)
+        tracks.count = k
+        np.take(self._id, order, out=tracks._ids, mode="clip")
+        np.take(out, order, axis=0, out=tracks._boxes, mode="clip")
+        np.take(self._cls, order, out=tracks._class_ids, mode="clip")
+        np.take(self._score, order, out=tracks._scores, mode="clip")
+        np.take(self._confirmed, order, out=tracks._confirmed, mode="clip")
+        np.take(self._hits, order, out=tracks._hits, mode="clip")
+        np.take(self._age, order, out=tracks._age, mode="clip")
+        np.take(self._missed, order, out=tracks._missed, mode="clip")
+        np.copyto(tracks._slots, order, casting="unsafe")
+        ids = tracks._detection_track_ids
+        tracks.detection_count = n
+        if n:
+            det_ids = ids[:n]
+            slots = self._dslot[:n]
+            np.take(self._id, slots, out=det_ids, mode="clip")  # tentative slots hold -1
+            np.less(slots, 0, out=self._dneg[:n])
+            np.copyto(det_ids, -1, where=self._dneg[:n])
+
+
+def _cxcywh_to_xyxy(src: tuple, dst: tuple) -> None:
+    """Centre/size columns to corner columns, into preallocated ``dst`` (no temporaries)."""
+    cx, cy, w, h = src
+    x0, y0, x1, y1 = dst
+    np.multiply(w, -0.5, out=x0)
+    np.add(x0, cx, out=x0)
+    np.multiply(w, 0.5, out=x1)
+    np.add(x1, cx, out=x1)
+    np.multiply(h, -0.5, out=y0)
+    np.add(y0, cy, out=y0)
+    np.multiply(h, 0.5, out=y1)
+    np.add(y1, cy, out=y1)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise EdgeError(f"tracker {name} {value!r}: must be a whole number >= {minimum}")
