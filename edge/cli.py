@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("edge.commands.run", "live detection from a camera, file, stream or synthetic source"),
     "detect": ("edge.commands.detect", "detect objects in image files"),
     "inspect": ("edge.commands.inspect", "show a model's tensors, operators, metadata and memory"),
+    "models": ("edge.commands.models", "list the model catalogue and pull (download, verify, cache) a detector"),
     "bench": ("edge.commands.bench", "benchmark memory per frame and latency against the usual pipeline"),
     "data": ("convert.commands.data", "make datasets (synthetic shapes) [desktop]"),
     "train": ("convert.commands.train", "train a MobileNetV2 SSD/SSDLite [desktop]"),

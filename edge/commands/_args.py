@@ -82,8 +82,10 @@ def threads_or_auto(text: str) -> int | str:
 def add_model_args(parser: argparse.ArgumentParser, *, positional: bool = True, auto_threads: bool = False) -> None:
     """``[MODEL]`` / ``--model``, ``--labels``, ``--runtime``, ``--threads``, ``--resize`` and ``--score``."""
     if positional:
-        parser.add_argument("model_path", nargs="?", metavar="MODEL", type=Path, help="detector model (same as --model)")
-    parser.add_argument("--model", type=Path, help="detector model (default: the bundled demo model, synthetic shapes)")
+        parser.add_argument("model_path", nargs="?", metavar="MODEL", type=Path,
+                            help="detector model file or catalogue name (same as --model)")
+    parser.add_argument("--model", type=Path, help="detector model file, or a catalogue name such as coco-ssd (pulled "
+                                                   "on first use; see edge models); default: the bundled demo model")
     parser.add_argument("--labels", type=Path, help="labels file, one per line (default: the model's own labels)")
     parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime (default: the first found)")
     if auto_threads:
@@ -97,11 +99,22 @@ def add_model_args(parser: argparse.ArgumentParser, *, positional: bool = True, 
 
 
 def model_from_args(args: argparse.Namespace) -> Path | None:
-    """The one model the user named (positional or ``--model``), or None for the bundled demo."""
+    """The one model the user named (positional or ``--model``), or None for the bundled demo.
+
+    A catalogue name (``edge models``) gives the cached model, pulled on first use; the result is
+    kept in ``args`` so that every later call sees the same file.
+    """
     positional = getattr(args, "model_path", None)
     if positional and args.model and Path(positional) != Path(args.model):
         raise EdgeError(f"two models given: {positional} and --model {args.model}; give one")
-    return positional or args.model
+    named = positional or args.model
+    if named is None or Path(named).exists():
+        return named
+    from edge.download import resolve_model
+
+    resolved = resolve_model(named)
+    args.model, args.model_path = resolved, None
+    return resolved
 
 
 def detector_from_args(args: argparse.Namespace, *, threads: int | None = None):
