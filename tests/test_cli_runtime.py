@@ -40,7 +40,8 @@ def test_detect_prints_and_writes_coco_results_and_annotated_images(ssd_model_pa
         assert w > 0 and h > 0 and 0 <= r["score"] <= 1
     assert {r["label"] for r in by_file["grace_hopper.bmp"]} >= {"person", "tie"}
     assert [r["label"] for r in by_file["pets.jpg"]].count("dog") == 2
-    assert all(r["category_id"] == 17 for r in by_file["pets.jpg"] if r["label"] == "dog")
+    dogs = [r for r in by_file["pets.jpg"] if r["label"] == "dog"]
+    assert all(r["class_id"] == 17 and r["category_id"] == 18 for r in dogs), "COCO category ids (dog is 18)"
     annotated = cv2.imread(str(out / "grace_hopper.annotated.jpg"))
     assert annotated.shape == cv2.imread(str(images_dir / "grace_hopper.bmp")).shape
     assert sorted(p.name for p in out.iterdir()) == ["detections.json", "grace_hopper.annotated.jpg",
@@ -139,3 +140,19 @@ def test_an_image_classifier_is_not_a_detector(tmp_path, images_dir):
                           "not an SSD detector")
     inspect = edge("inspect", classifier)
     assert inspect.returncode == 0 and "not an SSD detector" in inspect.stdout
+
+
+def test_labels_beside_the_model_are_found_and_short_files_warned(tmp_path, ssd_model_path, coco_labels_path, images_dir):
+    model = tmp_path / "detect.tflite"
+    model.write_bytes(ssd_model_path.read_bytes())
+    proc = edge("detect", model, images_dir / "pets.jpg")
+    assert "carries no labels" in proc.stdout and "0 labels" in proc.stdout
+    # The Model Zoo's labelmap.txt: "???" (background) first, then COCO's 90 ids.
+    (tmp_path / "labelmap.txt").write_text("???\n" + coco_labels_path.read_text())
+    proc = edge("detect", model, images_dir / "pets.jpg")
+    assert proc.returncode == 0 and f"90 labels (from {tmp_path / 'labelmap.txt'})" in proc.stdout
+    assert "dog" in proc.stdout and "no labels" not in proc.stdout
+    short = tmp_path / "short.txt"
+    short.write_text("\n".join(coco_labels_path.read_text().splitlines()[:20]))
+    proc = edge("detect", model, images_dir / "pets.jpg", "--labels", short)
+    assert "has 20 labels but the model has 90 classes" in proc.stdout and "dog" in proc.stdout

@@ -151,6 +151,10 @@ class TFLiteBackend(Backend):
     def has_postprocess(self) -> bool:
         return self.tflite.has_postprocess
 
+    @property
+    def postprocess_options(self) -> dict | None:
+        return self.tflite.postprocess_options
+
     def model_info(self):
         return load_model_info(self.model_path, self.tflite)
 

@@ -1,7 +1,8 @@
 """``edge detect [MODEL] IMAGE|FOLDER... [--out DIR]``: detections on image files.
 
 Prints one line per detection, and with ``--out`` writes COCO-style results
-(``detections.json``: image file, category id, ``bbox`` as ``[x, y, width, height]`` pixels, score)
+(``detections.json``: image file, 0-based ``class_id``, ``bbox`` as ``[x, y, width, height]`` pixels,
+score, and COCO's ``category_id`` when the labels are COCO's 90-id map, so the file feeds pycocotools)
 and annotated copies of the images. Folders and globs are expanded to the images in them; an
 unreadable image is skipped and named, the others processed, and the exit code is 1 when any was
 skipped. Without a model it uses the bundled demo detector.
@@ -55,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
     import cv2
 
     from edge.commands._args import detector_from_args
+    from edge.contract.labels import coco_category_offset
     from edge.contract.modelinfo import sidecar_path
     from edge.files import atomic_path, atomic_write_json, check_paths
     from edge.images import read_image
@@ -73,9 +75,10 @@ def main(args: argparse.Namespace) -> int:
         check_paths(inputs, _outputs(args.out, images))
     detector = detector_from_args(args)
     print(f"# {detector.describe()}", flush=True)
-    if detector.runtime_info.note:
-        print(f"# note: {detector.runtime_info.note}")
+    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
+        print(f"# note: {note}")
     annotator = Annotator()
+    coco = coco_category_offset(detector.labels)
     results, skipped = [], []
     for image_id, path in enumerate(images):
         try:
@@ -91,8 +94,10 @@ def main(args: argparse.Namespace) -> int:
         for i in range(detections.count):
             x0, y0, x1, y1 = (float(v) for v in detections.boxes[i])
             print(f"  {detections.label(i):<16} {detections.scores[i]:.2f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]")
-            results.append({"image_id": image_id, "file_name": path.name,
-                            "category_id": int(detections.class_ids[i]), "label": detections.label(i),
+            class_id = int(detections.class_ids[i])
+            results.append({"image_id": image_id, "file_name": path.name, "class_id": class_id,
+                            **({"category_id": class_id + coco} if coco is not None else {}),
+                            "label": detections.label(i),
                             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                             "score": round(float(detections.scores[i]), 5)})
         if args.out:

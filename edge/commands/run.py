@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.commands._args import add_model_args, model_from_args, nonnegative_float, positive_float, positive_int
+from edge.commands._args import (add_model_args, model_from_args, nonnegative_float, positive_float, positive_int,
+                                 unit_interval)
 from edge.errors import EdgeError
 from edge.live.sources import DEFAULT_STALL_TIMEOUT
 
@@ -45,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read files at their fps and drop frames the detector cannot keep up with")
     parser.add_argument("--stall-timeout", type=positive_float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                         help=f"reopen a source that gives no frame for S seconds (default {DEFAULT_STALL_TIMEOUT:g})")
+    parser.add_argument("--track", action="store_true",
+                        help="give each object a stable track id (ByteTrack-style, confirmed after a few frames) "
+                             "in the JSON lines, the video and the preview")
+    parser.add_argument("--zones", type=Path, metavar="FILE",
+                        help="zones and lines (JSON, or YAML with PyYAML) whose enter/leave/cross events go to the "
+                             "JSON lines; implies --track")
+    parser.add_argument("--track-low-score", type=unit_interval, default=0.1, metavar="S",
+                        help="with --track, detections down to S keep existing tracks alive (default 0.1)")
     parser.add_argument("--stats-every", type=nonnegative_float, default=5.0, metavar="S",
                         help="seconds between stats lines on stderr (0: none; default 5)")
 
@@ -61,7 +70,7 @@ def check_run_paths(args: argparse.Namespace) -> None:
 
     model = model_from_args(args) or default_model_path()
     check_paths([("MODEL", model), ("the model's sidecar", sidecar_path(model)), ("--labels", args.labels),
-                 ("--source", args.source), ("--token-file", args.token_file)],
+                 ("--source", args.source), ("--token-file", args.token_file), ("--zones", args.zones)],
                 [("--json", args.json, STREAM), ("--video", args.video, FILE)])
 
 
@@ -91,6 +100,19 @@ def build_sinks(args: argparse.Namespace, source) -> list:
     return sinks
 
 
+def _event_stage(args: argparse.Namespace, detector, high_score: float):
+    from edge.events.config import load_config
+    from edge.events.stage import EventStage
+
+    config = load_config(args.zones, labels=detector.labels) if args.zones is not None else None
+    stage = EventStage(detector.labels, high_score=high_score, low_score=args.track_low_score, config=config,
+                       detection_capacity=detector.detections.capacity)
+    regions = f", {len(config.regions)} zones/lines from {args.zones}" if config is not None else ""
+    _log(f"tracking: confirmed after {stage.tracker.confirm_frames} frames, ended after {stage.tracker.max_missed} "
+         f"unseen{regions}")
+    return stage
+
+
 def main(args: argparse.Namespace) -> int:
     from edge.commands._args import THREADS_AUTO, detector_from_args
     from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates
@@ -111,13 +133,18 @@ def main(args: argparse.Namespace) -> int:
     check_run_paths(args)
 
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
+    tracking = args.track or args.zones is not None
+    high_score = args.score
+    if tracking:  # the detector runs at the tracker's low threshold; the sinks see --score and tracked rows
+        args.score = min(args.track_low_score, high_score)
     detector = detector_from_args(args, threads=candidates[0] if candidates else None)
+    events = _event_stage(args, detector, high_score) if tracking else None
     _log(f"model {detector.describe()}")
     if candidates and len(candidates) > 1:
         _log(f"threads auto: measuring {' and '.join(map(str, candidates))} threads end to end on the first "
              f"~{len(candidates) * ROUNDS * (TRIAL_FRAMES + SETTLE_FRAMES)} frames")
-    if detector.runtime_info.note:
-        _log(f"note: {detector.runtime_info.note}")
+    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
+        _log(f"note: {note}")
     source = open_source(args.source, loop=args.loop, realtime=args.realtime, stall_timeout=args.stall_timeout)
     _log(f"source {source.describe()}" + (" (live: stale frames are dropped)" if source.live else ""))
     try:
@@ -127,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
         raise
 
     loop = LiveLoop(detector, source, sinks, max_frames=args.max_frames, duration=args.duration,
-                    stats_every=args.stats_every, log=_log, thread_candidates=candidates)
+                    stats_every=args.stats_every, log=_log, thread_candidates=candidates, events=events)
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()

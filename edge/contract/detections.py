@@ -18,6 +18,8 @@ class Detections:
         self._xyxy = np.zeros((self.capacity, 4), np.float32)
         self._scores = np.zeros(self.capacity, np.float32)
         self._class_ids = np.zeros(self.capacity, np.int32)
+        self._track_ids = np.full(self.capacity, -1, np.int64)
+        self.tracked = False  # set by a tracker: track_ids hold ids (-1: no confirmed track)
         self.count = 0
 
     @property
@@ -32,6 +34,26 @@ class Detections:
     @property
     def class_ids(self) -> np.ndarray:
         return self._class_ids[: self.count]
+
+    @property
+    def track_ids(self) -> np.ndarray:
+        """``[count]`` int64 track ids when a tracker ran (-1 for rows without a confirmed track)."""
+        return self._track_ids[: self.count]
+
+    def set_track_ids(self, ids: np.ndarray) -> None:
+        """Record each row's track id (``ids`` has ``count`` entries)."""
+        np.copyto(self._track_ids[: self.count], ids)
+        self.tracked = True
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the rows where ``mask`` (``[count]`` bool) is true, in order, in place."""
+        rows = np.flatnonzero(mask)
+        n = rows.size
+        if n == self.count:
+            return
+        for column in (self._xyxy, self._scores, self._class_ids, self._track_ids):
+            column[:n] = column[rows]
+        self.count = n
 
     def __len__(self) -> int:
         return self.count
@@ -48,19 +70,23 @@ class Detections:
         np.copyto(other._xyxy, self._xyxy)
         np.copyto(other._scores, self._scores)
         np.copyto(other._class_ids, self._class_ids)
+        np.copyto(other._track_ids, self._track_ids)
+        other.tracked = self.tracked
         return other
 
     def to_list(self, decimals: int = 1) -> list[dict]:
-        """Plain dicts for JSON: label, class id, score, box ``[x0, y0, x1, y1]`` in pixels."""
-        return [
-            {
-                "label": self.label(i),
-                "class_id": int(self._class_ids[i]),
-                "score": round(float(self._scores[i]), 4),
-                "box": [round(float(v), decimals) for v in self._xyxy[i]],
-            }
-            for i in range(self.count)
-        ]
+        """Plain dicts for JSON: label, class id, score, box ``[x0, y0, x1, y1]`` in pixels, and
+        ``track`` (an id, or None for a row without a confirmed track) when a tracker ran."""
+        rows = []
+        for i in range(self.count):
+            row = {"label": self.label(i), "class_id": int(self._class_ids[i]),
+                   "score": round(float(self._scores[i]), 4),
+                   "box": [round(float(v), decimals) for v in self._xyxy[i]]}
+            if self.tracked:
+                track = int(self._track_ids[i])
+                row["track"] = track if track >= 0 else None
+            rows.append(row)
+        return rows
 
     def __repr__(self) -> str:
         items = ", ".join(f"{self.label(i)} {self._scores[i]:.2f}" for i in range(min(self.count, 5)))

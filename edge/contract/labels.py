@@ -65,3 +65,33 @@ def load_labels(path: str | Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgeError(f"{path}: cannot read labels file ({exc})") from None
     return parse_labels(text, source=str(path))
+
+
+BACKGROUND_NAMES = ("???", "background", "__background__")
+#: Files beside a model that hold its labels, as the TF Model Zoo and Coral ship them.
+LABEL_FILE_NAMES = ("labels.txt", "labelmap.txt")
+
+
+def labels_beside(model_path: str | Path) -> Path | None:
+    """``<model>.labels.txt``, ``labels.txt`` or ``labelmap.txt`` next to the model, if one exists."""
+    model_path = Path(model_path)
+    for candidate in [model_path.with_suffix(".labels.txt")] + [model_path.parent / n for n in LABEL_FILE_NAMES]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def align_labels(labels: list[str], num_classes: int | None) -> list[str]:
+    """Drop a leading background entry (``???`` in the Model Zoo's labelmap.txt) when the file has
+    exactly one label more than the model's 0-based classes."""
+    if num_classes and len(labels) == num_classes + 1 and labels[0].strip().lower() in BACKGROUND_NAMES:
+        return labels[1:]
+    return labels
+
+
+def coco_category_offset(labels: list[str]) -> int | None:
+    """1 when ``labels`` are COCO's 90-id map in 0-based order (``person`` first, gaps as ``n/a``), as
+    Google's and Coral's COCO SSDs use: COCO's ``category_id`` is then the class id + 1. None otherwise."""
+    if len(labels) >= 90 and labels[0] == "person" and labels[2] == "car" and labels[89] == "toothbrush":
+        return 1
+    return None

@@ -1,14 +1,17 @@
-"""Reading (and, for the conversion stage, writing) the parts of a ``.tflite`` file we need.
+"""Reading the parts of a ``.tflite`` file the board needs: operator kinds and metadata.
 
 The interpreter does not expose operator kinds or flatbuffer metadata, so this reads them from
 the file with the small ``flatbuffers`` runtime and a hand-kept map of the few table slots used
 (schema: tensorflow/compiler/mlir/lite/schema/schema.fbs). That keeps it working with every
-runtime, including tflite-runtime, which ships no generated schema.
+runtime, including tflite-runtime, which ships no generated schema. This module only reads;
+the conversion stage edits files in ``convert.tflite_edit``, with the same operator names.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +19,24 @@ from pathlib import Path
 from flatbuffers import table as fb_table
 from flatbuffers.util import GetBufferIdentifier
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, first_line
 from edge.contract.modelinfo import ModelInfo, read_sidecar, sidecar_path
 
 METADATA_NAME = "edgekit"
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 
 # vtable slots (4 + 2 * field index) of the tables read here
-_MODEL_OPERATOR_CODES, _MODEL_BUFFERS, _MODEL_METADATA = 6, 12, 16
+_MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS, _MODEL_METADATA = 6, 8, 12, 16
+_SUBGRAPH_OPERATORS = 10
+_OPERATOR_OPCODE_INDEX, _OPERATOR_CUSTOM_OPTIONS = 4, 14
 _OPCODE_DEPRECATED_BUILTIN, _OPCODE_CUSTOM, _OPCODE_BUILTIN = 4, 6, 10
 _METADATA_NAME, _METADATA_BUFFER = 4, 6
 _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 4, 6, 8
 _CUSTOM_OPCODE = 32
 
 
-def _builtin_names() -> dict[int, str]:
+def builtin_operator_names() -> dict[int, str]:
+    """``{builtin operator code: name}`` (``CONV_2D``, ...) from the generated schema; {} without one."""
     for module in ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated"):
         try:
             schema = __import__(module, fromlist=["BuiltinOperator"])
@@ -48,6 +54,7 @@ class TFLiteFile:
     path: Path
     operators: list[str]  # one entry per operator code: builtin name or custom code
     metadata: dict[str, bytes]
+    postprocess_options: dict | None = None  # the post-process op's attributes (num_classes, ...)
 
     @property
     def has_postprocess(self) -> bool:
@@ -82,6 +89,9 @@ def read_tflite(path: str | Path) -> TFLiteFile:
 
     path = Path(path)
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO or device: reading would block
+            raise EdgeError(f"{path}: not a regular file, expected a .tflite model file")
         buf = bytearray(path.read_bytes())
     except FileNotFoundError:
         raise EdgeError(f"{path}: model file not found") from None
@@ -93,7 +103,7 @@ def read_tflite(path: str | Path) -> TFLiteFile:
         raise EdgeError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
     try:
         model = _table(buf, N.UOffsetTFlags.py_type(int.from_bytes(buf[0:4], "little")))
-        names = _builtin_names()
+        names = builtin_operator_names()
         operators = []
         for code in _vector_tables(model, _MODEL_OPERATOR_CODES):
             builtin = max(
@@ -104,6 +114,7 @@ def read_tflite(path: str | Path) -> TFLiteFile:
                 operators.append(_string(code, _OPCODE_CUSTOM) or "CUSTOM")
             else:
                 operators.append(names.get(builtin, f"BUILTIN_{builtin}"))
+        postprocess_options = _postprocess_options(model, operators)
         buffers = _vector_tables(model, _MODEL_BUFFERS)
         metadata = {}
         for entry in _vector_tables(model, _MODEL_METADATA):
@@ -111,9 +122,36 @@ def read_tflite(path: str | Path) -> TFLiteFile:
             index = _scalar(entry, _METADATA_BUFFER, N.Uint32Flags, 0)
             if index < len(buffers):
                 metadata[name] = _buffer_bytes(buffers[index], buf)
-    except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
-        raise EdgeError(f"{path}: corrupt TFLite flatbuffer ({exc})") from None
-    return TFLiteFile(path=path, operators=operators, metadata=metadata)
+    except (IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, struct.error,
+            RecursionError, MemoryError) as exc:
+        # Offsets in a damaged file point anywhere: flatbuffers reads past the end (struct.error,
+        # IndexError) or builds offsets out of range (TypeError "bad number ... for type uint32").
+        raise EdgeError(f"{path}: corrupt TFLite flatbuffer ({first_line(exc, 120, with_type=True)}); "
+                        "re-export or re-download the model") from None
+    return TFLiteFile(path=path, operators=operators, metadata=metadata, postprocess_options=postprocess_options)
+
+
+def _postprocess_options(model: fb_table.Table, operators: list[str]) -> dict | None:
+    """The flexbuffer attributes of the first post-process op in subgraph 0, or None."""
+    from flatbuffers import flexbuffers
+    from flatbuffers import number_types as N
+
+    if POSTPROCESS_OP not in operators:
+        return None
+    code = operators.index(POSTPROCESS_OP)
+    subgraphs = _vector_tables(model, _MODEL_SUBGRAPHS)
+    for op in _vector_tables(subgraphs[0], _SUBGRAPH_OPERATORS) if subgraphs else []:
+        if _scalar(op, _OPERATOR_OPCODE_INDEX, N.Uint32Flags, 0) != code:
+            continue
+        off = op.Offset(_OPERATOR_CUSTOM_OPTIONS)
+        if not off:
+            return {}
+        start, length = op.Vector(off), op.VectorLen(off)
+        try:
+            return dict(flexbuffers.Loads(bytes(op.Bytes[start:start + length])))
+        except Exception:  # options in a form we cannot read: the op still runs; we only lose the class count
+            return {}
+    return None
 
 
 def _buffer_bytes(buffer: fb_table.Table, whole: bytearray) -> bytes:
@@ -141,32 +179,6 @@ def load_model_info(model_path: str | Path, tflite: TFLiteFile | None = None) ->
         return None
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgeError(f"{model_path}: embedded edgekit metadata is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise EdgeError(f"{model_path}: embedded edgekit metadata is not valid JSON ({first_line(exc)})") from None
     return ModelInfo.from_dict(data, source=f"{model_path} (embedded metadata)")
-
-
-def embed_metadata(model_bytes: bytes, info: ModelInfo, name: str = METADATA_NAME) -> bytes:
-    """Return ``model_bytes`` with ``info`` stored as a flatbuffer metadata entry ``name``.
-
-    Uses LiteRT's generated schema object API (ai-edge-litert is installed wherever models are
-    converted); an existing entry of the same name is replaced.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    payload = schema.BufferT()
-    payload.data = list(info.to_json().encode("utf-8"))
-    model.buffers.append(payload)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if _decoded(m.name) != name] + [entry]
-    builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _decoded(name: bytes | str | None) -> str:
-    return name.decode() if isinstance(name, bytes) else (name or "")

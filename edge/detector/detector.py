@@ -16,7 +16,7 @@ from edge.backends import open_backend
 from edge.backends.base import Backend, BackendInfo
 from edge.contract.detections import Detections
 from edge.contract.heads import anchor_count, classify_head, postprocess_roles, raw_head_roles
-from edge.contract.labels import load_labels
+from edge.contract.labels import align_labels, labels_beside, load_labels
 from edge.contract.modelinfo import HEAD_POSTPROCESS, ModelInfo
 from edge.detector.buffer import STRETCH, FrameBuffer
 from edge.detector.rawhead import RawHeadDecoder
@@ -48,7 +48,6 @@ class Detector:
         self.info: ModelInfo | None = info or backend.model_info()
         image = backend.image
         self.input_size = (int(image.shape[1]), int(image.shape[2]))
-        self.labels = self._resolve_labels(labels)
         info = self.info or ModelInfo()
         self.buffer = FrameBuffer(backend.view(image), image.shape, image.dtype, image.quantization,
                                   info.normalization, info.color, resize or info.resize or STRETCH)
@@ -63,18 +62,43 @@ class Detector:
             capacity = max_detections or info.max_detections
             self._setup_raw_head(info)
         self._views = {role: backend.view(spec) for role, spec in self.outputs.items()}
+        self.num_classes = self._class_count(info)
+        self.labels, self.labels_source = self._resolve_labels(labels)
+        self.label_notes = self._label_notes()
         self.detections = Detections(capacity, self.labels)
         self._yxyx = np.zeros((capacity, 4), np.float32)  # normalised, model input space
         self._keep = np.zeros(capacity, bool)
 
     # ---- construction -------------------------------------------------------------------------
 
-    def _resolve_labels(self, labels) -> list[str]:
+    def _class_count(self, info: ModelInfo) -> int | None:
+        """Classes the model can output (0-based ids), where the model says."""
+        if self.head == HEAD_POSTPROCESS:
+            count = (getattr(self.backend, "postprocess_options", None) or {}).get("num_classes")
+            return int(count) if isinstance(count, (int, float)) and count > 0 else None
+        return int(self.outputs["logits"].shape[-1]) - (1 if info.has_background else 0)
+
+    def _resolve_labels(self, labels) -> tuple[list[str], str | None]:
+        """The labels and where they came from: ``--labels``, the model's metadata, or a file beside it."""
         if isinstance(labels, (str, Path)):
-            return load_labels(labels)
+            return align_labels(load_labels(labels), self.num_classes), str(labels)
         if labels is not None:
-            return list(labels)
-        return list(self.info.labels) if self.info else []
+            return list(labels), "given"
+        if self.info and self.info.labels:
+            return list(self.info.labels), "the model's metadata"
+        beside = labels_beside(self.model_path)
+        if beside is not None:
+            return align_labels(load_labels(beside), self.num_classes), str(beside)
+        return [], None
+
+    def _label_notes(self) -> list[str]:
+        """What the user should hear once at start about the labels (none, or fewer than the classes)."""
+        if not self.labels:
+            return ["the model carries no labels: classes are shown as numbers (pass --labels FILE)"]
+        if self.num_classes and len(self.labels) < self.num_classes:
+            return [f"{self.labels_source} has {len(self.labels)} labels but the model has {self.num_classes} "
+                    f"classes: ids {len(self.labels)} and above are shown as numbers"]
+        return []
 
     def _setup_raw_head(self, info: ModelInfo) -> None:
         encodings, logits = self.outputs["encodings"], self.outputs["logits"]
@@ -183,6 +207,7 @@ class Detector:
         return self.backend.info
 
     def describe(self) -> str:
+        source = f" (from {self.labels_source})" if self.labels_source not in (None, "given") else ""
         return (f"{self.model_path.name}: {self.head} head, input {self.input_size[1]}x{self.input_size[0]} "
-                f"{self.buffer.encoding.dtype} ({self.buffer.encoding.kind}), {len(self.labels)} labels, "
+                f"{self.buffer.encoding.dtype} ({self.buffer.encoding.kind}), {len(self.labels)} labels{source}, "
                 f"runtime {self.runtime_info.describe()}")

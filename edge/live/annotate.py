@@ -59,6 +59,8 @@ class Annotator:
             color = COLORS[int(ids[i]) % len(COLORS)]
             cv2.rectangle(canvas, (x0, y0), (x1, y1), color, line)
             text = f"{detections.label(i)} {scores[i]:.2f}"
+            if detections.tracked and detections._track_ids[i] >= 0:
+                text = f"#{detections._track_ids[i]} {text}"
             (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
             ty = y0 - 2 if y0 - th - base - 2 >= 0 else y0 + th + base + 2
             cv2.rectangle(canvas, (x0, ty - th - base), (x0 + tw + 2, ty + 1), color, -1)

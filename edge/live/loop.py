@@ -116,12 +116,14 @@ class LiveLoop:
     line through ``log``; ``rss_every`` (frames, 0 = never) samples RSS for the drift numbers.
     ``thread_candidates`` (e.g. ``[4, 3]``): interpreter thread counts to measure end to end during
     the first frames (:class:`~edge.detector.threads.ThreadTuner`); the faster one is kept and logged.
+    ``events``: an :class:`~edge.events.stage.EventStage` (tracking, zones, lines) run on each frame's
+    detections; sinks get the events through :meth:`~edge.live.sinks.Sink.events`.
     """
 
     def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
                  duration: float | None = None, stats_every: float = 5.0, rss_every: int = 100,
                  log: Callable[[str], None] | None = None, overlay: bool = True,
-                 thread_candidates: list[int] | None = None) -> None:
+                 thread_candidates: list[int] | None = None, events=None) -> None:
         self.detector = detector
         self.source = source
         self.sinks = list(sinks)
@@ -134,7 +136,8 @@ class LiveLoop:
         # The capture thread also resizes each frame for the model, while the frame is in its cache.
         self.capture = Capture(source, log=self._log, prepare=detector.buffer.resize)
         self.counters = self.capture.counters
-        self.times = StageTimes(STAGES)
+        self.events = events
+        self.times = StageTimes(STAGES + (("events",) if events is not None else ()))
         self.rss = RssSampler(RSS_SAMPLE_CAPACITY * max(1, rss_every), max(1, rss_every), ring=True)
         self.annotator = Annotator()
         self._annotating_sinks = [s for s in self.sinks if s.needs_annotation]
@@ -195,6 +198,8 @@ class LiveLoop:
         self.detector.buffer.presize(shape)
         if self._annotating_sinks:
             self.annotator.presize(shape)
+        if self.events is not None:
+            self.events.presize(shape)
 
     # ---- live numbers (read by the preview page from another thread) --------------------------
 
@@ -282,6 +287,11 @@ class LiveLoop:
             if self._bad_logged <= 3 or self._bad_logged % 100 == 0:
                 self._log(f"frame {frame.seq}: skipped ({exc}); {self.counters.bad_frames} bad so far")
             return False
+        events = ()
+        if self.events is not None:
+            t = self._clock()
+            events = self.events.update(frame.image, frame.seq, frame.stamp, detections)
+            self.times.record("events", self._clock() - t)
         t0 = self._clock()
         annotated = None
         if self._wants_annotation():
@@ -290,6 +300,8 @@ class LiveLoop:
         try:
             for sink in self.sinks:
                 sink.write(frame, detections, annotated)
+                if events:
+                    sink.events(frame, events)
         except SinkError as exc:
             self.sink_error = exc
             self._log(str(exc))

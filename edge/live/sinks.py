@@ -57,6 +57,9 @@ class Sink:
     def skipped(self, frame: Frame) -> None:
         """An input the source could not use: ``frame.name`` and ``frame.error`` say which and why."""
 
+    def events(self, frame: Frame, events) -> None:
+        """Zone and line events of this frame (:class:`~edge.events.zones.Event`), after :meth:`write`."""
+
     def close(self) -> None:
         pass
 
@@ -97,7 +100,8 @@ def _above_stdio(fd: int) -> int:
 
 class JsonLinesSink(Sink):
     """One JSON object per processed frame: ``{"frame", "time", "width", "height", "detections"}``,
-    plus ``"file"`` for frames from image files.
+    plus ``"file"`` for frames from image files; one per zone or line event (``{"event": "enter" |
+    "leave" | "cross", "zone" | "line", "direction", "track", "label", "frame", "time", "point"}``).
 
     ``detections`` is a list of ``{"label", "class_id", "score", "box": [x0, y0, x1, y1]}`` with boxes
     in frame pixels. An input the source skipped gets ``{"frame", "time", "file", "error"}``. ``"-"``
@@ -149,6 +153,10 @@ class JsonLinesSink(Sink):
 
     def skipped(self, frame) -> None:
         self._write({"frame": frame.seq, "time": round(frame.stamp, 4), "file": frame.name, "error": frame.error})
+
+    def events(self, frame, events) -> None:
+        for event in events:  # one line per event, after its frame's line: {"event", "zone"|"line", "track", ...}
+            self._write(event.to_dict())
 
     def _write(self, record: dict) -> None:
         if self.error is not None:
