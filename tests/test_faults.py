@@ -13,12 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from helpers import MjpegServer
 
 from edge.detector.detector import Detector
 from edge.live.loop import LiveLoop
@@ -27,58 +28,6 @@ from edge.live.sources import Source, open_source
 from edge.live.synthetic import SyntheticSource
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-class MjpegServer:
-    """multipart/x-mixed-replace JPEG stream on 127.0.0.1, like an IP camera.
-
-    ``stall_after``: the first connection sends that many frames, then keeps the socket open and
-    silent (a hung camera). Frame ``i`` of connection ``c`` has pixel value ``(c * 50 + i) % 256``.
-    """
-
-    def __init__(self, port: int = 0, stall_after: int | None = None, size=(160, 120), fps: float = 30):
-        self.stall_after, self.size, self.fps = stall_after, size, fps
-        self.connections = 0
-        self.stop = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                outer.connections += 1
-                conn = outer.connections
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=f")
-                self.end_headers()
-                i = 0
-                try:
-                    while not outer.stop.is_set():
-                        if conn == 1 and outer.stall_after is not None and i >= outer.stall_after:
-                            outer.stop.wait(30)
-                            return
-                        image = np.full((outer.size[1], outer.size[0], 3), (conn * 50 + i) % 256, np.uint8)
-                        jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                        self.wfile.write(b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(jpeg) + jpeg + b"\r\n")
-                        i += 1
-                        time.sleep(1 / outer.fps)
-                except OSError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-
-    def close(self):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +260,30 @@ def test_signal_mid_run_closes_sinks_cleanly(ssd_model_path, coco_labels_path, t
         count += 1
     assert count == len(records), "the video holds exactly the processed frames and is playable"
     assert not list(tmp_path.glob(".*part*")), "no temporary file left behind"
+
+
+def test_a_stream_that_comes_up_late_is_waited_for(tmp_path):
+    """--wait-for-source: the stream's port answers nothing for ~2 s, then serves; the run waits with a
+    line per try instead of exiting, then processes frames."""
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    servers = []
+    timer = threading.Timer(2.0, lambda: servers.append(MjpegServer(port=port)))
+    timer.start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--source", f"http://127.0.0.1:{port}/s.mjpg",
+                                 "--wait-for-source", "30", "--max-frames", "5", "--stats-every", "0", "--threads", "1"],
+                                cwd=PROJECT, capture_output=True, text=True, timeout=90)
+    finally:
+        timer.cancel()
+        for server in servers:
+            server.close()
+    assert result.returncode == 0, result.stderr
+    assert "waiting for the source" in result.stderr and "5 processed" in result.stderr
+    quick = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--source", f"http://127.0.0.1:{port}/s.mjpg",
+                            "--max-frames", "1"], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert quick.returncode == 2 and "--wait-for-source" in quick.stderr.strip().splitlines()[-1]

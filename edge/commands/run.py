@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read files at their fps and drop frames the detector cannot keep up with")
     parser.add_argument("--stall-timeout", type=positive_float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                         help=f"reopen a source that gives no frame for S seconds (default {DEFAULT_STALL_TIMEOUT:g})")
+    parser.add_argument("--wait-for-source", type=nonnegative_float, default=0.0, metavar="S",
+                        help="wait up to S seconds, with backoff, for a camera or stream that is not up yet at "
+                             "start (default 0: fail at once)")
     parser.add_argument("--track", action="store_true",
                         help="give each object a stable track id (ByteTrack-style, confirmed after a few frames) "
                              "in the JSON lines, the video and the preview")
@@ -118,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates
     from edge.live.loop import LiveLoop
     from edge.live.preview import parse_bind
-    from edge.live.sources import open_source
+    from edge.live.sources import open_source_waiting
 
     if (args.token is not None or args.token_file is not None) and not args.preview:
         raise EdgeError("--token and --token-file are for the preview page: add --preview [HOST:]PORT")
@@ -145,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
              f"~{len(candidates) * ROUNDS * (TRIAL_FRAMES + SETTLE_FRAMES)} frames")
     for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
         _log(f"note: {note}")
-    source = open_source(args.source, loop=args.loop, realtime=args.realtime, stall_timeout=args.stall_timeout)
+    source = open_source_waiting(args.source, args.wait_for_source, log=_log, loop=args.loop, realtime=args.realtime,
+                                 stall_timeout=args.stall_timeout)
     _log(f"source {source.describe()}" + (" (live: stale frames are dropped)" if source.live else ""))
     try:
         sinks = build_sinks(args, source)

@@ -43,6 +43,11 @@ class SourceError(EdgeError):
     """A source that cannot be opened or read (bad spec, missing file, camera gone)."""
 
 
+class SourceUnavailable(SourceError):
+    """A camera, stream or pipeline that exists in the spec but cannot be opened now (not plugged in
+    yet, still enumerating, a stream not started): worth waiting for (``--wait-for-source``)."""
+
+
 class SkippedInput(BadFrameError):
     """One input of a source (an image file) that cannot be used; the source goes on with the next.
 
@@ -206,7 +211,8 @@ class VideoCaptureSource(Source):
         cap = cv2.VideoCapture(self._target, self._api, params) if params else cv2.VideoCapture(self._target, self._api)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"--source {self.spec}: cannot open {self.kind} ({self._open_hint()})")
+            error = SourceUnavailable if self.kind != "file" else SourceError
+            raise error(f"--source {self.spec}: cannot open {self.kind} ({self._open_hint()})")
         self._cap = cap
         self._frame = None  # a reader stuck in the old capture keeps its own buffer
         fps = cap.get(cv2.CAP_PROP_FPS)
@@ -341,7 +347,7 @@ class Picamera2Source(Source):
             cam.configure(cam.create_video_configuration(main={"size": self.size, "format": "RGB888"}))
             cam.start()
         except Exception as exc:  # libcamera raises RuntimeError/IndexError for a missing camera
-            raise SourceError(f"--source {self.spec}: cannot start Pi camera {self.camera} ({exc})") from None
+            raise SourceUnavailable(f"--source {self.spec}: cannot start Pi camera {self.camera} ({exc})") from None
         self._cam = cam
 
     def _read(self) -> np.ndarray | None:
@@ -381,6 +387,27 @@ def _image_paths(spec: str) -> list[Path] | None:
     if Path(spec).is_dir() or any(ch in spec for ch in "*?["):
         return list_images(spec)
     return None
+
+
+def open_source_waiting(spec: str, wait: float, *, log=None, backoff: tuple[float, float] = (0.5, 8.0),
+                        **options) -> Source:
+    """:func:`open_source`, waiting up to ``wait`` seconds (with backoff, a line each try through
+    ``log``) for a camera, stream or pipeline that is not up yet. Other errors are raised at once."""
+    deadline = time.monotonic() + wait
+    delay = backoff[0]
+    while True:
+        try:
+            return open_source(spec, **options)
+        except SourceUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                hint = "" if wait else "; --wait-for-source S waits for it"
+                raise SourceUnavailable(f"{exc}{hint}") from None
+            pause = min(delay, left)
+            if log is not None:
+                log(f"waiting for the source ({exc}); trying again in {pause:.1f} s, {left:.0f} s left")
+            time.sleep(pause)
+            delay = min(delay * 2, backoff[1])
 
 
 def open_source(spec: str, *, loop: bool = False, realtime: bool = False,
