@@ -14,6 +14,7 @@ _LAZY = {
     "Detections": "edge.contract.detections",
     "FrameBuffer": "edge.detector.buffer",
     "EdgeError": "edge.errors",
+    "stream": "edge.streaming",
 }
 
 __all__ = list(_LAZY)
