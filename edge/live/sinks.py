@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+from contextlib import contextmanager
 import os
 import stat
 import sys
@@ -31,7 +32,29 @@ from edge.detector.step import Frame
 from edge.errors import EdgeError
 
 # Container -> FourCC that OpenCV's FFmpeg backend writes without extra codecs (pip wheels included).
-_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+# Container -> FourCCs to try, first the one browsers play. pip's OpenCV wheels have no H.264 encoder
+# (avc1 fails to open there; a distribution's or JetPack's OpenCV often has one), so .mp4 falls back to
+# MPEG-4 Part 2, which browsers do not play; .webm (VP8) plays in every browser with any OpenCV build.
+_FOURCC = {".mp4": ("avc1", "mp4v"), ".m4v": ("avc1", "mp4v"), ".mov": ("avc1", "mp4v"), ".webm": ("VP80",),
+           ".avi": ("MJPG",), ".mkv": ("XVID",)}
+BROWSER_PLAYABLE = {"avc1", "VP80", "VP90"}
+
+
+@contextmanager
+def _stderr_silenced(silence: bool):
+    """File descriptor 2 to /dev/null for the duration (native libraries write there directly)."""
+    if not silence:
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class SinkError(EdgeError):
@@ -257,9 +280,10 @@ class VideoSink(Sink):
     def __init__(self, path: str | Path, fps: float | None = None, *, segment_minutes: float | None = None,
                  reserve: int = DISK_RESERVE) -> None:
         self.path = Path(path)
-        fourcc = _FOURCC.get(self.path.suffix.lower())
-        if fourcc is None:
+        fourccs = _FOURCC.get(self.path.suffix.lower())
+        if fourccs is None:
             raise EdgeError(f"--video {self.path}: use one of {', '.join(_FOURCC)}")
+        self._fourccs, fourcc = fourccs, fourccs[0]
         if not self.path.parent.is_dir():
             raise EdgeError(f"--video {self.path}: folder {self.path.parent} does not exist")
         if segment_minutes is not None and not segment_minutes > 0:
@@ -294,8 +318,18 @@ class VideoSink(Sink):
         self._final, self.tmp_path = self._names(self._index)
         self._check_space(0)
         width, height = self._size
-        writer = cv2.VideoWriter(str(self.tmp_path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*self.fourcc),
-                                 self.fps, (width, height))
+        writer = None
+        choices = self._fourccs if self._index == 1 else (self.fourcc,)
+        for n, fourcc in enumerate(choices):
+            # A codec this build lacks makes FFmpeg print a page of errors: hush all but the last try.
+            with _stderr_silenced(n < len(choices) - 1):
+                writer = cv2.VideoWriter(str(self.tmp_path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc),
+                                         self.fps, (width, height))
+            if writer.isOpened():
+                self.fourcc = fourcc
+                break
+            writer.release()
+            self.tmp_path.unlink(missing_ok=True)
         if not writer.isOpened():
             message = f"--video {self.path}: OpenCV cannot write {self.fourcc} video to {self.tmp_path.name}"
             if self._index == 1:
@@ -452,5 +486,6 @@ class VideoSink(Sink):
             self._problems.append(f"--video {self.path}: {problem}")
 
     def report(self) -> str | None:
-        lines = [f"wrote {self._written()}"] if self.files else []
+        playable = "" if self.fourcc in BROWSER_PLAYABLE else ", which browsers do not play: use .webm for VP8"
+        lines = [f"wrote {self._written()}, codec {self.fourcc}{playable}"] if self.files else []
         return "; ".join(lines + self._problems) or None
