@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("edge.commands.detect", "detect objects in image files"),
     "inspect": ("edge.commands.inspect", "show a model's tensors, operators, metadata and memory"),
     "models": ("edge.commands.models", "list the model catalogue and pull (download, verify, cache) a detector"),
+    "plan": ("edge.commands.plan", "predict edge run's peak RSS per model (arena, weights, cameras, sinks) and what fits in --ram"),
     "bench": ("edge.commands.bench", "benchmark memory per frame and latency against the usual pipeline"),
     "data": ("convert.commands.data", "make datasets (synthetic shapes) [desktop]"),
     "train": ("convert.commands.train", "train a MobileNetV2 SSD/SSDLite [desktop]"),
