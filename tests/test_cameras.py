@@ -145,8 +145,8 @@ def test_faulty_cameras_never_slow_the_others(detector):
     assert stats["stalls"]["stalls"] == stalls.stalls and stats["raises"]["reconnects"] == raises.reconnects
 
 
-def test_polling_detects_a_stall_where_get_0_does_not():
-    """``Capture.get(0)`` returns at once but never checks for a stalled reader; ``poll`` does."""
+def test_zero_timeout_polls_still_detect_a_stall():
+    """``Capture.get(0)`` and ``poll`` return at once, and both notice a reader stuck past the stall timeout."""
     for capture_type in (Capture, CameraCapture):
         source = StallingSource(stall_timeout=0.2)
         kwargs = {"wake": threading.Event()} if capture_type is CameraCapture else {}
@@ -158,10 +158,7 @@ def test_polling_detects_a_stall_where_get_0_does_not():
                 frame = capture.poll() if capture_type is CameraCapture else capture.get(0)
                 assert frame is None and time.monotonic() - t < 0.05
                 time.sleep(0.01)
-            if capture_type is Capture:
-                assert source.counters.stalls == 0
-            else:
-                assert source.counters.stalls >= 1
+            assert source.counters.stalls >= 1, capture_type.__name__
         finally:
             capture.stop(timeout=0.1)
             source.release.set()

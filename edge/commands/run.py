@@ -57,6 +57,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "JSON lines; implies --track")
     parser.add_argument("--track-low-score", type=unit_interval, default=0.1, metavar="S",
                         help="with --track, detections down to S keep existing tracks alive (default 0.1)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help='several cameras sharing the model: {"cameras": [{"name": "door", "source": "rtsp://...", '
+                             '"zones": "door.json"}, ...]} (.json, or .yaml with PyYAML); fair, latest frame wins')
+    parser.add_argument("--clips", type=Path, metavar="DIR",
+                        help="write a clip around each enter/cross event into DIR (needs --zones or --config zones)")
+    parser.add_argument("--pre-roll", type=nonnegative_float, default=5.0, metavar="S",
+                        help="with --clips: seconds before the event, kept as raw frames (ceil(S x fps) + 1 per camera; "
+                             "default 5)")
+    parser.add_argument("--post-roll", type=nonnegative_float, default=5.0, metavar="S",
+                        help="with --clips: seconds after the clip's last event (default 5)")
+    parser.add_argument("--notify", action="store_true",
+                        help="systemd Type=notify: READY=1 after the first frame, WATCHDOG=1 while frames flow, "
+                             "STATUS=, STOPPING=1 (see docker/edgekit.service)")
     parser.add_argument("--stats-every", type=nonnegative_float, default=5.0, metavar="S",
                         help="seconds between stats lines on stderr (0: none; default 5)")
 
@@ -68,13 +81,14 @@ def _log(message: str) -> None:
 def check_run_paths(args: argparse.Namespace) -> None:
     """No output may land on an input (model, its sidecar, labels, a source file) or on another output."""
     from edge.contract.modelinfo import sidecar_path
-    from edge.files import FILE, STREAM, check_paths
+    from edge.files import FILE, FOLDER, STREAM, check_paths
     from edge.models import default_model_path
 
     model = model_from_args(args) or default_model_path()
     check_paths([("MODEL", model), ("the model's sidecar", sidecar_path(model)), ("--labels", args.labels),
-                 ("--source", args.source), ("--token-file", args.token_file), ("--zones", args.zones)],
-                [("--json", args.json, STREAM), ("--video", args.video, FILE)])
+                 ("--source", args.source), ("--token-file", args.token_file), ("--zones", args.zones),
+                 ("--config", args.config)],
+                [("--json", args.json, STREAM), ("--video", args.video, FILE), ("--clips", args.clips, FOLDER)])
 
 
 def build_sinks(args: argparse.Namespace, source) -> list:
@@ -96,6 +110,15 @@ def build_sinks(args: argparse.Namespace, source) -> list:
             server = PreviewServer(host, port, token=token).start()
             sinks.append(PreviewSink(server))
             _log(f"preview at {server.url}")
+        if args.clips is not None:  # first, so a clip's path is known when the JSON sink writes its event
+            from edge.live.clips import ClipSink
+
+            sinks.insert(0, ClipSink(args.clips, pre_roll=args.pre_roll, post_roll=args.post_roll, fps=source.fps,
+                                     log=_log))
+        if args.notify:
+            from edge.systemd import SystemdNotifySink
+
+            sinks.append(SystemdNotifySink())
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -116,6 +139,35 @@ def _event_stage(args: argparse.Namespace, detector, high_score: float):
     return stage
 
 
+def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high_score: float) -> int:
+    """``--config``: every camera of the file through one detector (fixed threads: the tuner measures
+    one source's frames, and here they are shared)."""
+    from edge.live.cameras import MultiLoop, build_cameras
+
+    cameras, shared = build_cameras(specs, detector, json_target=args.json, clips=args.clips,
+                                    clip_options={"pre_roll": args.pre_roll, "post_roll": args.post_roll},
+                                    track=tracking, high_score=high_score, low_score=args.track_low_score,
+                                    wait=args.wait_for_source > 0, log=_log)
+    notify = []
+    if args.notify:
+        from edge.systemd import SystemdNotifySink
+
+        notify.append(SystemdNotifySink())
+    loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
+                     stats_every=args.stats_every, log=_log)
+    restore = loop.install_signal_handlers()
+    try:
+        summary = loop.run()
+    finally:
+        restore()
+        for sink in shared:
+            sink.close()
+    print(summary.format(), file=sys.stderr, flush=True)
+    for line in loop.reports():
+        _log(line)
+    return 1 if getattr(loop, "sink_error", None) is not None else 0
+
+
 def main(args: argparse.Namespace) -> int:
     from edge.commands._args import THREADS_AUTO, detector_from_args
     from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates
@@ -127,6 +179,13 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--token and --token-file are for the preview page: add --preview [HOST:]PORT")
     if args.video_segment is not None and not args.video:
         raise EdgeError("--video-segment is for the video file: add --video PATH")
+    if args.config is not None:
+        given = [o for o, v in (("--source", args.source != "synthetic"), ("--zones", args.zones), ("--video", args.video),
+                                ("--preview", args.preview)) if v]
+        if given:
+            raise EdgeError(f"--config names each camera's source and zones: drop {', '.join(given)}")
+    elif args.clips is not None and args.zones is None:
+        raise EdgeError("--clips writes a clip per zone or line event: add --zones FILE")
     args.preview_token = None
     if args.preview:
         from edge.live.preview import resolve_token
@@ -135,19 +194,26 @@ def main(args: argparse.Namespace) -> int:
         args.preview_token = resolve_token(args.token, args.token_file)
     check_run_paths(args)
 
+    specs = None
+    if args.config is not None:
+        from edge.live.cameras import load_cameras_config
+
+        specs = load_cameras_config(args.config)
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
-    tracking = args.track or args.zones is not None
+    tracking = args.track or args.zones is not None or bool(specs and any(s.zones for s in specs))
     high_score = args.score
     if tracking:  # the detector runs at the tracker's low threshold; the sinks see --score and tracked rows
         args.score = min(args.track_low_score, high_score)
     detector = detector_from_args(args, threads=candidates[0] if candidates else None)
-    events = _event_stage(args, detector, high_score) if tracking else None
     _log(f"model {detector.describe()}")
+    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
+        _log(f"note: {note}")
+    if specs is not None:
+        return _run_cameras(args, specs, detector, tracking, high_score)
     if candidates and len(candidates) > 1:
         _log(f"threads auto: measuring {' and '.join(map(str, candidates))} threads end to end on the first "
              f"~{len(candidates) * ROUNDS * (TRIAL_FRAMES + SETTLE_FRAMES)} frames")
-    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
-        _log(f"note: {note}")
+    events = _event_stage(args, detector, high_score) if tracking else None
     source = open_source_waiting(args.source, args.wait_for_source, log=_log, loop=args.loop, realtime=args.realtime,
                                  stall_timeout=args.stall_timeout)
     _log(f"source {source.describe()}" + (" (live: stale frames are dropped)" if source.live else ""))

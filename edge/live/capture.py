@@ -139,6 +139,7 @@ class Capture:
                     return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._check_stall()  # a zero-timeout poll must still notice a stalled reader
                     return None
                 self._cond.wait(min(remaining, 0.2))
                 if self._latest < 0:

@@ -200,6 +200,8 @@ class LiveLoop:
             self.annotator.presize(shape)
         if self.events is not None:
             self.events.presize(shape)
+        for sink in self.sinks:
+            sink.presize(shape)
 
     # ---- live numbers (read by the preview page from another thread) --------------------------
 

@@ -70,6 +70,9 @@ class Sink:
     def start(self, stats: Callable[[], dict]) -> None:
         """Called once before the first frame; ``stats()`` gives the loop's live numbers."""
 
+    def presize(self, frame_shape: tuple[int, ...]) -> None:
+        """Allocate frame-sized buffers now, for frames of ``frame_shape`` (when the source knows it)."""
+
     def wants_frame(self) -> bool:
         """Whether this sink will use the next frame (lets the loop skip annotating for nobody)."""
         return True
