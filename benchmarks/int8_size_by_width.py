@@ -57,14 +57,12 @@ def calibration_frames(size: int) -> list[np.ndarray]:
 def measure(width: float, input_size: int, workdir: Path) -> dict:
     from convert import export, quantize
     from convert.config import SSDConfig
+    from convert.head import PostprocessOptions
     from convert.model import build_ssd
 
     config = SSDConfig.create(["circle", "square", "triangle"], input_size=input_size, width=width)
     model = build_ssd(config)
-    arch = config.architecture
-    head = export.HeadSpec((arch.input_size, arch.input_size), config.anchors, arch.num_classes,
-                           config.box_coder, config.normalization, config.score_conversion)
-    module = export.build_detection_module(export.keras_network(model), head, export.PostprocessOptions(),
+    module = export.build_detection_module(export.keras_network(model), config.head, PostprocessOptions(),
                                            trackable=model)
     saved = export.save_module(module, workdir / f"w{width}_savedmodel")
     frames = calibration_frames(input_size)

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.files import atomic_write_json  # noqa: E402
 
 
 def run(cmd: list[str]) -> float:
@@ -79,9 +82,7 @@ def main() -> int:
         "run_dir": str(args.run_dir),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
     print(f"{'steps':>8} {'s/step':>8} {'peak RSS MB':>12} {'val mAP@0.5':>12} {'mAP':>8}")
     print(f"{steps:>8} {per_step:>8.3f} {peak_rss_mb:>12.1f} {result['final_val_map50']:>12.3f} "
           f"{result['final_val_map']:>8.3f}")

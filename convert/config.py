@@ -12,10 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from convert.head import HeadSpec
 from edge.contract.anchors import AnchorConfig
 from edge.contract.boxcoding import BoxCoderScales
+from edge.contract.modelinfo import Normalization
 from edge.errors import EdgeError
-from edge.contract.modelinfo import HEAD_RAW, ModelInfo, Normalization
+from edge.files import atomic_write_json
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -65,6 +67,13 @@ class SSDConfig:
         return cls(architecture=arch, labels=list(labels),
                    anchors=AnchorConfig.for_input(input_size, num_layers))
 
+    @property
+    def head(self) -> HeadSpec:
+        """The head this config describes, as the exporter and the model metadata take it."""
+        arch = self.architecture
+        return HeadSpec((arch.input_size, arch.input_size), self.anchors, arch.num_classes, self.box_coder,
+                        self.normalization, self.score_conversion)
+
     def to_dict(self) -> dict:
         return {
             "architecture": asdict(self.architecture),
@@ -99,10 +108,7 @@ class SSDConfig:
     def save(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, run_dir_or_file: str | Path) -> "SSDConfig":
@@ -116,17 +122,3 @@ class SSDConfig:
         except json.JSONDecodeError as exc:
             raise EdgeError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         return cls.from_dict(data, source=str(path))
-
-    def model_info(self, provenance: dict | None = None, postprocess: dict | None = None) -> ModelInfo:
-        """The metadata an exported model of this config carries (head filled in by the exporter)."""
-        return ModelInfo(
-            labels=list(self.labels),
-            normalization=self.normalization,
-            anchors=self.anchors,
-            box_coder=self.box_coder,
-            score_conversion=self.score_conversion,
-            has_background=True,
-            head=HEAD_RAW if postprocess is None else "postprocess",
-            postprocess=postprocess or {},
-            provenance=provenance or {},
-        )

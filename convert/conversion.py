@@ -1,8 +1,13 @@
 """``edge convert``: source -> (prune) -> (QAT) -> int8 or float ``.tflite`` -> validation -> files.
 
-Sources: an edgekit training run directory (``config.json`` + checkpoints), a Keras model file of
-our SSD with its ``config.json`` beside it, a TF1 OD API ``frozen_inference_graph.pb``, or a TF2
-SavedModel from the OD API's ``export_tflite_graph_tf2.py``.
+Four stages, each a function, and :func:`convert` runs them in order:
+
+- :func:`plan`: every cheap check, then the source (:mod:`convert.inputs`), the fine-tuning data,
+  the calibration frames and the held-out set. Every input is read before any slow step, so bad
+  input fails in seconds.
+- :func:`build`: the float reference, pruning, QAT and the output model, each a timed, reported step.
+- :func:`measure`: every model through the board's own code, same data, same metric: the report.
+- :func:`publish`: the ``--max-map-drop`` gate, then the model and its report.
 
 Order matters: the float reference is exported before pruning touches anything, every model is
 built in a private temporary directory, and only a conversion that passed every step (including
@@ -11,24 +16,24 @@ built in a private temporary directory, and only a conversion that passed every 
 
 from __future__ import annotations
 
-import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from convert.config import CONFIG_NAME, SSDConfig
-from convert.export import RAW_PIXELS, HeadSpec, PostprocessOptions
+from convert.head import PostprocessOptions
+from convert.inputs import Source, load_source
+from convert.tflite_edit import embed_metadata, set_postprocess_attributes
+from edge.contract.modelinfo import ModelInfo
 from edge.errors import EdgeError
-from edge.contract.modelinfo import HEAD_POSTPROCESS, ModelInfo
+from edge.files import atomic_write
+from edge.provenance import package_versions
 
-KIND_RUN = "training run"
-KIND_KERAS = "keras model"
-KIND_FROZEN = "OD API frozen graph"
-KIND_SAVED_MODEL = "OD API TF2 SavedModel"
+# Distributions a converted model's provenance names (None when absent).
+CONVERT_DISTS = ("edgekit", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert")
 
 
 class ValidationFailed(EdgeError):
@@ -62,94 +67,83 @@ class ConvertOptions:
     command: str | None = None  # for provenance
 
 
+class _Steps:
+    """Timed, reported steps."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.records: list[dict] = []
+        self.log = log
+
+    def run(self, name: str, fn: Callable, summary: Callable | str = ""):
+        self.log(f"{name} ...")
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        text = summary(result) if callable(summary) else summary
+        self.records.append({"name": name, "seconds": round(seconds, 2), "summary": text})
+        self.log(f"{name}: {text} ({seconds:.1f} s)" if text else f"{name}: done ({seconds:.1f} s)")
+        return result
+
+
 @dataclass
-class _Source:
-    kind: str
-    head: HeadSpec
-    labels: list[str]
-    config: SSDConfig | None = None
-    model: object = None  # tf-keras model (trainable sources)
-    network: Callable | None = None  # frozen graph head
-    saved_model: Path | None = None  # TF2 export directory
+class Plan:
+    """What will be converted and how, with every input already read."""
+
+    opts: ConvertOptions
+    output: Path
+    source: Source
+    prune: bool  # pruning asked for and possible (a trainable source)
+    train_set: object | None  # convert.data.Dataset for pruning / QAT fine-tuning
+    frames: list | None  # int8 calibration frames, float32 [1, H, W, 3] raw pixels
+    val_set: object | None  # held-out convert.data.Dataset for mAP
+    steps: _Steps
+    notes: list[str]
+    started: float  # perf_counter at the start of the conversion
+
+    @property
+    def quantization(self) -> str:
+        if self.opts.float_model:
+            return "float32"
+        if self.opts.qat:
+            return "int8-pqat" if self.prune else "int8-qat"
+        return "int8-ptq"
+
+    @property
+    def output_is_reference(self) -> bool:
+        """A float model that pruning did not change is the float reference itself."""
+        return self.opts.float_model and not self.prune
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+@dataclass
+class Built:
+    """The output model in memory, and every model to measure staged in the private directory."""
 
-    found = {}
-    for dist in ("edgekit", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = None
-    return found
+    plan: Plan
+    provenance: dict
+    info: ModelInfo  # the output model's metadata
+    sparsity: dict  # target, achieved, steps
+    output_bytes: bytes
+    models: dict[str, Path]  # report name -> staged file, in measuring order; the last is the output
 
-
-def _load_labels(path: Path | None, count: int) -> list[str]:
-    if path is None:
-        return [f"class_{i + 1}" for i in range(count)]
-    from edge.contract.labels import load_labels
-
-    labels = load_labels(path)
-    if len(labels) < count:
-        raise EdgeError(f"--labels {path}: {len(labels)} labels but the model has {count} classes")
-    return labels[:count]
+    @property
+    def staged(self) -> Path:
+        return list(self.models.values())[-1]
 
 
-def load_source(opts: ConvertOptions) -> _Source:
-    """Identify and load ``opts.source``; EdgeError (one line) for anything unusable."""
-    source = Path(opts.source)
-    if not source.exists():
-        raise EdgeError(f"{source}: no such file or directory")
-    if source.is_dir() and (source / CONFIG_NAME).is_file():
-        from convert.train import load_trained_model
+# ---------------------------------------------------------------- plan
 
-        try:
-            model, config = load_trained_model(source)
-        except (IndexError, OSError, RuntimeError) as exc:  # truncated data files surface as IndexError
-            raise EdgeError(f"{source}: unreadable checkpoint ({str(exc).splitlines()[0][:200]})") from None
-        return _keras_source(KIND_RUN, model, config)
-    if source.is_file() and source.suffix.lower() in (".keras", ".h5"):
-        config_path = source.parent / CONFIG_NAME
-        if not config_path.is_file():
-            raise EdgeError(f"{source}: a Keras model needs its {CONFIG_NAME} beside it ({config_path} is missing)")
-        config = SSDConfig.load(config_path)
-        from convert.tf import import_keras
-
-        keras = import_keras()
-        try:
-            model = keras.models.load_model(str(source), compile=False)
-        except Exception as exc:  # OSError, ValueError from h5py/zip
-            raise EdgeError(f"{source}: cannot load the Keras model ({str(exc).splitlines()[0][:200]})") from None
-        anchors = int(model.outputs[0].shape[1]) if model.outputs else -1
-        if anchors != config.anchors.num_anchors or tuple(model.inputs[0].shape[1:3]) != \
-                (config.architecture.input_size,) * 2:
-            raise EdgeError(f"{source}: the model does not match {config_path} (input {model.inputs[0].shape}, "
-                            f"{anchors} boxes vs {config.anchors.num_anchors} anchors)")
-        return _keras_source(KIND_KERAS, model, config)
-    if source.is_file() and source.suffix.lower() in (".pb", ".pbtxt") and source.name != "saved_model.pb":
-        from convert.odapi import load_frozen_graph
-
-        graph = load_frozen_graph(source)
-        head = HeadSpec(graph.input_size, graph.anchor_config, graph.num_classes, graph.box_coder,
-                        graph.normalization, graph.score_conversion, graph.anchors)
-        return _Source(KIND_FROZEN, head, _load_labels(opts.labels, graph.num_classes), network=graph.network)
-    saved = source if source.is_dir() else source.parent
-    if (saved / "saved_model.pb").is_file():
-        from convert.odapi import load_tf2_saved_model
-
-        export = load_tf2_saved_model(saved)
-        return _Source(KIND_SAVED_MODEL, export.head, _load_labels(opts.labels, export.head.num_classes),
-                       network=export.network, saved_model=saved)
-    raise EdgeError(f"{source}: not a training run directory (no {CONFIG_NAME}), Keras model (.keras/.h5), "
-                    "frozen graph (.pb) or SavedModel directory")
-
-
-def _keras_source(kind: str, model, config: SSDConfig) -> _Source:
-    arch = config.architecture
-    head = HeadSpec((arch.input_size, arch.input_size), config.anchors, arch.num_classes, config.box_coder,
-                    config.normalization, config.score_conversion)
-    return _Source(kind, head, list(config.labels), config=config, model=model)
+def _check_options(opts: ConvertOptions) -> Path:
+    opts.postprocess.validate()
+    output = Path(opts.output)
+    if output.suffix.lower() != ".tflite":
+        raise EdgeError(f"-o {output}: the output must be a .tflite file")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise EdgeError(f"-o {output}: {output.parent} is not a directory")
+    if opts.max_map_drop is not None and opts.val is None and opts.coco is None:
+        raise EdgeError("--max-map-drop needs a held-out set to measure on: --val DIR or --coco ANN.json --images DIR")
+    if not 0.0 <= opts.sparsity < 1.0:
+        raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
+    return output
 
 
 def _dataset(path: Path, labels: list[str] | None, option: str):
@@ -177,29 +171,71 @@ def _validation_set(opts: ConvertOptions):
     return dataset
 
 
-class _Steps:
-    """Timed, reported steps."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.records: list[dict] = []
-        self.log = log
-
-    def run(self, name: str, fn: Callable, summary: Callable | str = ""):
-        self.log(f"{name} ...")
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        text = summary(result) if callable(summary) else summary
-        self.records.append({"name": name, "seconds": round(seconds, 2), "summary": text})
-        self.log(f"{name}: {text} ({seconds:.1f} s)" if text else f"{name}: done ({seconds:.1f} s)")
-        return result
+def _wants_pruning(opts: ConvertOptions, source: Source, notes: list[str]) -> bool:
+    if opts.sparsity > 0.0 and not source.trainable:
+        notes.append(f"pruning skipped: a {source.kind} has no trainable weights to fine-tune")
+    if opts.qat and not source.trainable:
+        raise EdgeError(f"--qat: a {source.kind} has no trainable weights; convert it without --qat (PTQ)")
+    return opts.sparsity > 0.0 and source.trainable
 
 
-def _export(source: _Source, model, opts: ConvertOptions, workdir: Path, name: str, *, int8: bool,
+def _training_set(opts: ConvertOptions, source: Source):
+    data_path = opts.data or (source.config.training.get("data") if source.config else None)
+    if not data_path:
+        raise EdgeError("pruning and --qat fine-tune on the training data: pass --data DIR "
+                        "(or --sparsity 0 to skip pruning)")
+    return _dataset(Path(data_path), source.labels, "--data")
+
+
+def _calibration_paths(calib_paths: list[Path] | None, train_set, notes: list[str]) -> list[Path]:
+    if calib_paths is not None:
+        return calib_paths
+    if train_set is not None:
+        notes.append("calibrated on the fine-tuning data (no --calib given)")
+        return [s.image_path for s in train_set.samples]
+    raise EdgeError("int8 conversion needs calibration images: pass --calib DIR (or --float)")
+
+
+def plan(opts: ConvertOptions, log: Callable[[str], None] = print) -> Plan:
+    """Check ``opts`` and read every input; when this fails, nothing slow has run yet."""
+    from convert import quantize
+
+    started = time.perf_counter()
+    output = _check_options(opts)
+    steps, notes = _Steps(log), []
+    # Cheap checks of the user's folders first: a typo should not cost a model load.
+    calib_paths = quantize.list_images(opts.calib) if opts.calib is not None and not opts.float_model else None
+    val_set = _validation_set(opts)
+    source = steps.run("load", lambda: load_source(opts.source, opts.labels), Source.describe)
+    prune = _wants_pruning(opts, source, notes)
+    train_set = _training_set(opts, source) if prune or opts.qat else None
+    frames = None
+    if not opts.float_model:
+        paths = _calibration_paths(calib_paths, train_set, notes)
+        height, width = source.head.input_size
+        frames = steps.run("calibration images", lambda: quantize.load_calibration_frames(
+            paths, height, width, opts.calib_images), lambda f: f"{len(f)} images via FrameBuffer")
+    return Plan(opts=opts, output=output, source=source, prune=prune, train_set=train_set, frames=frames,
+                val_set=val_set, steps=steps, notes=notes, started=started)
+
+
+# ---------------------------------------------------------------- build
+
+def _provenance(plan: Plan) -> dict:
+    return {
+        "source": str(Path(plan.opts.source).resolve()), "source_kind": plan.source.kind,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(CONVERT_DISTS, installed_only=False), "command": plan.opts.command,
+    }
+
+
+def _export(plan: Plan, model, workdir: Path, name: str, info: ModelInfo, *, int8: bool,
             frames=None, qat: bool = False) -> bytes:
+    """One model: the detection module as a SavedModel -> ``.tflite`` -> the op's attributes and metadata."""
     from convert import export, quantize
 
-    if source.kind == KIND_SAVED_MODEL:
+    source, opts = plan.source, plan.opts
+    if source.ends_in_postprocess:
         module = export.build_passthrough_module(source.network, source.head)
     elif model is not None:
         module = export.build_detection_module(export.keras_network(model), source.head, opts.postprocess,
@@ -211,188 +247,163 @@ def _export(source: _Source, model, opts: ConvertOptions, workdir: Path, name: s
     model_bytes = export.tflite_from_saved_model(saved, int8=int8, representative=representative, qat=qat)
     # The converter drops attributes it does not know (detections_per_class), and a TF2 OD API
     # export carries the OD API's own: write the requested set into the op, as the metadata says.
-    attributes = opts.postprocess.op_attributes(source.head.num_classes, source.head.box_coder)
-    return export.set_postprocess_attributes(model_bytes, attributes)
+    return embed_metadata(set_postprocess_attributes(model_bytes, info.postprocess), info)
 
 
-def _model_info(source: _Source, opts: ConvertOptions, provenance: dict) -> ModelInfo:
-    attributes = opts.postprocess.op_attributes(source.head.num_classes, source.head.box_coder)
-    return ModelInfo(
-        labels=list(source.labels), normalization=RAW_PIXELS, head=HEAD_POSTPROCESS,
-        anchors=source.head.anchors, box_coder=source.head.box_coder,
-        score_conversion=source.head.score_conversion, has_background=True,
-        nms_iou_threshold=opts.postprocess.iou_threshold, max_detections=opts.postprocess.max_detections,
-        postprocess=attributes, provenance=provenance,
-    )
+def _float_reference(plan: Plan, workdir: Path, provenance: dict) -> bytes:
+    """The float model before pruning can touch the weights: what every other model is compared with."""
+    source = plan.source
+    info = source.head.model_info(source.labels, plan.opts.postprocess,
+                                  dict(provenance, quantization="float32", sparsity=0.0))
+    return _export(plan, source.model, workdir, "float", info, int8=False)
+
+
+def _prune(plan: Plan):
+    from convert.finetune import make_fine_tuner
+    from convert.prune import prune_model
+
+    opts = plan.opts
+    tuner = make_fine_tuner(plan.source.config, plan.train_set, opts.batch_size, seed=opts.seed, log=plan.steps.log)
+    return prune_model(plan.source.model, opts.sparsity, opts.prune_steps, tuner)
+
+
+def _describe_pruning(result) -> str:
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in result.sparsity["by_kind"].items())
+    return (f"target {result.target_sparsity:.2f}, achieved {result.sparsity['overall']:.3f} ({kinds}) "
+            f"after {result.steps} steps")
+
+
+def _qat_fine_tune(plan: Plan, qat_model) -> dict:
+    from convert.finetune import make_fine_tuner
+
+    opts = plan.opts
+    tuner = make_fine_tuner(plan.source.config, plan.train_set, opts.batch_size, seed=opts.seed + 1,
+                            log=plan.steps.log)
+    return tuner(qat_model, opts.qat_steps, [])
+
+
+def _output_info(plan: Plan, provenance: dict, sparsity: dict, qat: dict | None) -> ModelInfo:
+    opts, source = plan.opts, plan.source
+    calibration = {"dir": str(opts.calib) if opts.calib else None, "images": len(plan.frames) if plan.frames else 0}
+    return source.head.model_info(source.labels, opts.postprocess, dict(
+        provenance, quantization=plan.quantization, sparsity=sparsity, calibration=calibration, qat=qat))
+
+
+def build(plan: Plan, workdir: Path) -> Built:
+    """The float reference, then pruning and QAT when asked, then the output model, staged in ``workdir``."""
+    from convert import quantize
+
+    steps, opts = plan.steps, plan.opts
+    provenance = _provenance(plan)
+    reference = steps.run("float reference", lambda: _float_reference(plan, workdir, provenance),
+                          lambda b: f"{len(b) / 1024:.0f} KiB")
+    model, pruning, qat = plan.source.model, None, None
+    if plan.prune:
+        pruning = steps.run("prune", lambda: _prune(plan), _describe_pruning)
+        model = pruning.model
+        if pruning.left_dense:
+            plan.notes.append(f"left dense (the pruning wrapper refused them): {', '.join(pruning.left_dense)}")
+    if opts.qat:
+        model = steps.run("quantization-aware model", lambda: quantize.quantize_aware(model, plan.prune),
+                          "PQAT (sparsity-preserving)" if plan.prune else "QAT (default 8-bit scheme)")
+        qat = steps.run("QAT fine-tune", lambda: _qat_fine_tune(plan, model),
+                        lambda r: f"{r['steps']} steps, loss {r['final_loss']}")
+    sparsity = {"target": opts.sparsity if plan.prune else 0.0, "achieved": pruning.sparsity if pruning else None,
+                "steps": opts.prune_steps if plan.prune else 0}
+    info = _output_info(plan, provenance, sparsity, qat)
+    if plan.output_is_reference:
+        output = embed_metadata(reference, info)
+        models = {"output": atomic_write(workdir / "output.tflite", output)}
+    else:
+        output = steps.run("convert", lambda: _export(plan, model, workdir, "output", info, int8=not opts.float_model,
+                                                      frames=plan.frames, qat=opts.qat),
+                           lambda b: f"{plan.quantization}, {len(b) / 1024:.0f} KiB")
+        name = plan.quantization if plan.quantization != "float32" else "output"
+        models = {"float": atomic_write(workdir / "float.tflite", reference),
+                  name: atomic_write(workdir / "output.tflite", output)}
+    return Built(plan=plan, provenance=provenance, info=info, sparsity=sparsity, output_bytes=output, models=models)
+
+
+# ---------------------------------------------------------------- measure
+
+def _measure_model(plan: Plan, path: Path):
+    """(ModelStats, Latency, Evaluation or None) of one staged model."""
+    from convert import validate
+    from convert.evaluate import evaluate_tflite
+
+    opts = plan.opts
+    stats = validate.model_stats(path)
+    latency = validate.measure_latency(path, runs=opts.latency_runs, num_threads=opts.num_threads)
+    evaluation = None
+    if plan.val_set is not None:
+        evaluation = evaluate_tflite(path, plan.val_set, num_threads=opts.num_threads)
+    return stats, latency, evaluation
+
+
+def _describe_measurement(result) -> str:
+    stats, latency, evaluation = result
+    text = f"{stats.size_bytes / 1024:.0f} KiB (gzip {stats.gzip_bytes / 1024:.0f}), {latency.median_ms:.2f} ms"
+    return text + (f", mAP@0.5 {100 * evaluation.map50:.1f}" if evaluation else "")
+
+
+def measure(built: Built) -> dict:
+    """Every staged model through the board's code (size, sparsity, latency, mAP); returns the report."""
+    plan = built.plan
+    report = {
+        "output": str(plan.output), "source": built.provenance["source"], "source_kind": plan.source.kind,
+        "quantization": plan.quantization, "sparsity": built.sparsity,
+        "postprocess": built.info.postprocess, "labels": list(plan.source.labels),
+        "input": None, "models": {}, "map_drop": None, "max_map_drop": plan.opts.max_map_drop,
+        "steps": plan.steps.records, "notes": plan.notes, "versions": built.provenance["versions"],
+    }
+    evaluations = {}
+    for name, path in built.models.items():
+        stats, latency, evaluation = plan.steps.run(f"validate {name}", partial(_measure_model, plan, path),
+                                                    _describe_measurement)
+        stats.path = str(plan.output) if path == built.staged else "(float reference, not kept)"
+        report["models"][name] = {"stats": stats.to_dict(), "latency": latency.to_dict(),
+                                  "eval": evaluation.to_dict() if evaluation else None}
+        evaluations[name] = evaluation
+        if latency.note and latency.note not in plan.notes:
+            plan.notes.append(latency.note)
+    output_name = list(built.models)[-1]
+    report["input"] = report["models"][output_name]["stats"]["input"]
+    if plan.val_set is None:
+        plan.notes.append("mAP not measured: pass --val DIR or --coco ANN.json --images DIR")
+    elif "float" in evaluations:
+        ref, out = evaluations["float"], evaluations[output_name]
+        report["map_drop"] = {"map50_points": round(100 * (ref.map50 - out.map50), 3),
+                              "map_points": round(100 * (ref.map - out.map), 3)}
+    report["conversion_seconds"] = round(time.perf_counter() - plan.started, 1)
+    return report
+
+
+# ---------------------------------------------------------------- publish
+
+def publish(report: dict, model_bytes: bytes) -> Path:
+    """The ``--max-map-drop`` gate, then the model and its report, each renamed into place; returns the model."""
+    from convert.report import write_report
+
+    drop, allowed = report["map_drop"], report["max_map_drop"]
+    if allowed is not None and drop is not None and drop["map50_points"] > allowed:
+        raise ValidationFailed(f"{report['quantization']} model loses {drop['map50_points']:.2f} mAP@0.5 points "
+                               f"(> --max-map-drop {allowed}); nothing written")
+    # All steps passed: only now do files appear at the destination.
+    output = Path(report["output"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, model_bytes)
+    write_report(output, report)
+    return output
 
 
 def convert(opts: ConvertOptions, log: Callable[[str], None] = print) -> dict:
     """Run the whole conversion; returns the report (also written beside the model)."""
-    from convert import export, quantize, validate
-    from convert.report import table, write_report
+    from convert.report import table
 
-    started = time.perf_counter()
-    opts.postprocess.validate()
-    output = Path(opts.output)
-    if output.suffix.lower() != ".tflite":
-        raise EdgeError(f"-o {output}: the output must be a .tflite file")
-    if output.parent.exists() and not output.parent.is_dir():
-        raise EdgeError(f"-o {output}: {output.parent} is not a directory")
-    if opts.max_map_drop is not None and opts.val is None and opts.coco is None:
-        raise EdgeError("--max-map-drop needs a held-out set to measure on: --val DIR or --coco ANN.json --images DIR")
-    if not 0.0 <= opts.sparsity < 1.0:
-        raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
-    steps = _Steps(log)
-    notes: list[str] = []
-    # Cheap checks of the user's folders first: a typo should not cost a model load.
-    calib_paths = quantize.list_images(opts.calib) if opts.calib is not None and not opts.float_model else None
-    val_set = _validation_set(opts)
-
-    source = steps.run("load", lambda: load_source(opts), lambda s: f"{s.kind}, {s.head.num_classes} classes, "
-                       f"input {s.head.input_size[0]}x{s.head.input_size[1]}")
-    trainable = source.model is not None
-    prune = opts.sparsity > 0.0 and trainable
-    if opts.sparsity > 0.0 and not trainable:
-        notes.append(f"pruning skipped: a {source.kind} has no trainable weights to fine-tune")
-    if opts.qat and not trainable:
-        raise EdgeError(f"--qat: a {source.kind} has no trainable weights; convert it without --qat (PTQ)")
-
-    # Every input is read before any slow step, so bad input fails in seconds.
-    train_set = None
-    if prune or opts.qat:
-        data_path = opts.data or (source.config.training.get("data") if source.config else None)
-        if not data_path:
-            raise EdgeError("pruning and --qat fine-tune on the training data: pass --data DIR "
-                            "(or --sparsity 0 to skip pruning)")
-        train_set = _dataset(Path(data_path), source.labels, "--data")
-    frames = None
-    if not opts.float_model:
-        if calib_paths is not None:
-            pass
-        elif train_set is not None:
-            calib_paths = [s.image_path for s in train_set.samples]
-            notes.append("calibrated on the fine-tuning data (no --calib given)")
-        else:
-            raise EdgeError("int8 conversion needs calibration images: pass --calib DIR (or --float)")
-        height, width = source.head.input_size
-        frames = steps.run("calibration images", lambda: quantize.load_calibration_frames(
-            calib_paths, height, width, opts.calib_images), lambda f: f"{len(f)} images via FrameBuffer")
-
-    workdir = Path(tempfile.mkdtemp(prefix="edge-convert-"))
-    try:
-        provenance = {
-            "source": str(Path(opts.source).resolve()), "source_kind": source.kind,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(), "command": opts.command,
-        }
-        # 1. The float reference, before pruning can touch the weights.
-        reference_info = _model_info(source, opts, dict(provenance, quantization="float32", sparsity=0.0))
-        reference_bytes = steps.run("float reference", lambda: export.finish_model(
-            _export(source, source.model, opts, workdir, "float", int8=False), reference_info),
-            lambda b: f"{len(b) / 1024:.0f} KiB")
-        reference_path = export.write_atomic(workdir / "float.tflite", reference_bytes)
-
-        model = source.model
-        pruning = None
-        if prune:
-            from convert.finetune import make_fine_tuner
-            from convert.prune import prune_model
-
-            tuner = make_fine_tuner(source.config, train_set, opts.batch_size, seed=opts.seed, log=log)
-            pruning = steps.run("prune", lambda: prune_model(model, opts.sparsity, opts.prune_steps, tuner),
-                                lambda r: f"target {r.target_sparsity:.2f}, achieved {r.sparsity['overall']:.3f} "
-                                f"({', '.join(f'{k} {v:.2f}' for k, v in r.sparsity['by_kind'].items())}) "
-                                f"after {r.steps} steps")
-            model = pruning.model
-            if pruning.left_dense:
-                notes.append(f"left dense (the pruning wrapper refused them): {', '.join(pruning.left_dense)}")
-        qat_info = None
-        if opts.qat:
-            from convert.finetune import make_fine_tuner
-
-            qat_model = steps.run("quantization-aware model", lambda: quantize.quantize_aware(model, prune),
-                                  "PQAT (sparsity-preserving)" if prune else "QAT (default 8-bit scheme)")
-            tuner = make_fine_tuner(source.config, train_set, opts.batch_size, seed=opts.seed + 1, log=log)
-            qat_info = steps.run("QAT fine-tune", lambda: tuner(qat_model, opts.qat_steps, []),
-                                 lambda r: f"{r['steps']} steps, loss {r['final_loss']}")
-            model = qat_model
-
-        if opts.float_model:
-            quantization = "float32"
-        elif opts.qat:
-            quantization = "int8-pqat" if prune else "int8-qat"
-        else:
-            quantization = "int8-ptq"
-        sparsity_record = {"target": opts.sparsity if prune else 0.0,
-                           "achieved": pruning.sparsity if pruning else None,
-                           "steps": opts.prune_steps if prune else 0}
-        info = _model_info(source, opts, dict(provenance, quantization=quantization, sparsity=sparsity_record,
-                                              calibration={"dir": str(opts.calib) if opts.calib else None,
-                                                           "images": len(frames) if frames else 0},
-                                              qat=qat_info))
-        if opts.float_model and not prune:
-            output_bytes = export.finish_model(reference_bytes, info)
-        else:
-            output_bytes = steps.run(
-                "convert", lambda: export.finish_model(_export(
-                    source, model, opts, workdir, "output", int8=not opts.float_model, frames=frames,
-                    qat=opts.qat), info),
-                lambda b: f"{quantization}, {len(b) / 1024:.0f} KiB")
-        staged = export.write_atomic(workdir / "output.tflite", output_bytes)
-
-        # Validation: both models through the board's Detector, same data, same metric.
-        report = {
-            "output": str(output), "source": provenance["source"], "source_kind": source.kind,
-            "quantization": quantization, "sparsity": sparsity_record,
-            "postprocess": info.postprocess, "labels": list(source.labels),
-            "input": None, "models": {}, "map_drop": None, "max_map_drop": opts.max_map_drop,
-            "steps": steps.records, "notes": notes, "versions": provenance["versions"],
-        }
-        measured = {"float": reference_path, quantization if quantization != "float32" else "output": staged}
-        if opts.float_model and not prune:
-            measured = {"output": staged}
-        evaluations = {}
-        for name, path in measured.items():
-            def measure(path=path):
-                stats = validate.model_stats(path)
-                latency = validate.measure_latency(path, runs=opts.latency_runs, num_threads=opts.num_threads)
-                evaluation = None
-                if val_set is not None:
-                    from convert.evaluate import evaluate_tflite
-
-                    evaluation = evaluate_tflite(path, val_set, num_threads=opts.num_threads)
-                return stats, latency, evaluation
-
-            stats, latency, evaluation = steps.run(
-                f"validate {name}", measure,
-                lambda r: f"{r[0].size_bytes / 1024:.0f} KiB (gzip {r[0].gzip_bytes / 1024:.0f}), "
-                f"{r[1].median_ms:.2f} ms" + (f", mAP@0.5 {100 * r[2].map50:.1f}" if r[2] else ""))
-            stats.path = str(output) if path == staged else "(float reference, not kept)"
-            report["models"][name] = {"stats": stats.to_dict(), "latency": latency.to_dict(),
-                                      "eval": evaluation.to_dict() if evaluation else None}
-            evaluations[name] = evaluation
-            if latency.note and latency.note not in notes:
-                notes.append(latency.note)
-        report["input"] = report["models"][list(measured)[-1]]["stats"]["input"]
-        if val_set is None:
-            notes.append("mAP not measured: pass --val DIR or --coco ANN.json --images DIR")
-        elif "float" in evaluations:
-            ref, out = evaluations["float"], evaluations[list(measured)[-1]]
-            report["map_drop"] = {"map50_points": round(100 * (ref.map50 - out.map50), 3),
-                                  "map_points": round(100 * (ref.map - out.map), 3)}
-        report["conversion_seconds"] = round(time.perf_counter() - started, 1)
-        log(table(report))
-        drop = report["map_drop"]
-        if opts.max_map_drop is not None and drop is not None and drop["map50_points"] > opts.max_map_drop:
-            raise ValidationFailed(f"{quantization} model loses {drop['map50_points']:.2f} mAP@0.5 points "
-                                   f"(> --max-map-drop {opts.max_map_drop}); nothing written")
-        # All steps passed: only now do files appear at the destination.
-        export.write_atomic(output, output_bytes)
-        write_report(output, report)
-        return report
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def command_line() -> str:
-    return " ".join(["edge"] + sys.argv[1:]) if sys.argv else "edge convert"
+    planned = plan(opts, log)
+    with tempfile.TemporaryDirectory(prefix="edge-convert-", ignore_cleanup_errors=True) as workdir:
+        built = build(planned, Path(workdir))
+        report = measure(built)
+    log(table(report))
+    publish(report, built.output_bytes)
+    return report

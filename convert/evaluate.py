@@ -1,10 +1,15 @@
-"""Run any detector ``.tflite`` over a :class:`convert.data.Dataset` and score it with pycocotools.
+"""Run a detector over a :class:`convert.data.Dataset` and score it with pycocotools.
 
-The model runs through :class:`edge.detector.detector.Detector` -- the board's own code path (FrameBuffer
-resize, input quantization, output decoding) -- with ``score_threshold=0``: every detection the
-model returns is scored, so mAP sees the whole precision/recall curve. Third-party models are
-welcome: their classes are matched to the dataset's categories by label name (case-insensitive,
-``_``/``-``/space-insensitive); model classes without a match are ignored.
+Two kinds of detector, one metric (:func:`convert.metrics.evaluate_map`):
+
+- any ``.tflite`` (:func:`predict_tflite`, :func:`evaluate_tflite`): the model runs through
+  :class:`edge.detector.detector.Detector` -- the board's own code path (FrameBuffer resize, input
+  quantization, output decoding) -- with ``score_threshold=0``: every detection the model returns
+  is scored, so mAP sees the whole precision/recall curve. Third-party models are welcome: their
+  classes are matched to the dataset's categories by label name (case-insensitive,
+  ``_``/``-``/space-insensitive); model classes without a match are ignored.
+- our Keras SSD during training (:func:`predict_keras`, :func:`evaluate_keras`): batches from the
+  training input pipeline, decoded with the runtime's box decoder, per-class NMS in TensorFlow.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class Evaluation:
         }
 
 
-def predict(model_path: str | Path, dataset, labels: list[str] | str | Path | None = None,
+def predict_tflite(model_path: str | Path, dataset, labels: list[str] | str | Path | None = None,
             num_threads: int | None = None, runtime: str | None = None):
     """Per-sample ``(boxes xyxy pixels, scores, dataset class ids)`` plus the class mapping.
 
@@ -97,7 +102,7 @@ def evaluate_tflite(model_path: str | Path, dataset, labels=None, num_threads: i
     if not dataset.samples:
         raise EdgeError("evaluation dataset has no images")
     start = time.perf_counter()
-    predictions, matched, skipped = predict(model_path, dataset, labels, num_threads, runtime)
+    predictions, matched, skipped = predict_tflite(model_path, dataset, labels, num_threads, runtime)
     result = evaluate_map(dataset, predictions)
     return Evaluation(
         map50=float(result.map50), map=float(result.map), per_class_ap50=dict(result.per_class_ap50),
@@ -105,3 +110,58 @@ def evaluate_tflite(model_path: str | Path, dataset, labels=None, num_threads: i
         unmatched_dataset_classes=[name for name in dataset.labels if name not in matched],
         skipped_images=skipped + list(getattr(dataset, "skipped", [])), seconds=time.perf_counter() - start,
     )
+
+
+def predict_keras(model, config, dataset, batch_size: int = 16, score_threshold: float = 0.01,
+                  iou_threshold: float = 0.6, max_detections: int = 100):
+    """Detections of a Keras SSD (``config``'s contract) on every readable image of ``dataset``.
+
+    Returns ``(predictions, indices)``: ``predictions[j] = (boxes xyxy pixels of the original image,
+    scores, class ids 0-based)`` for ``dataset.samples[indices[j]]`` (unreadable images are left out).
+    Decoding uses the runtime's :class:`edge.contract.boxcoding.BoxDecoder`; NMS is per class.
+    """
+    from convert.pipeline import InputPipeline
+    from convert.tf import import_tensorflow
+    from edge.contract.anchors import generate_anchors
+    from edge.contract.boxcoding import BoxDecoder
+
+    tf = import_tensorflow()
+    pipeline = InputPipeline(dataset, config, augment=False)
+    decoder = BoxDecoder(generate_anchors(config.anchors), config.box_coder)
+    num_anchors = decoder.num_anchors
+    decoded = np.empty((num_anchors, 4), np.float32)
+    predictions, indices = [], []
+    for images, idx, ok in pipeline.eval_dataset(batch_size):
+        box_enc, logits = model(images, training=False)
+        logits = tf.cast(logits, tf.float32)
+        if config.score_conversion == "softmax":
+            scores = tf.nn.softmax(logits)[..., 1:]
+        else:
+            scores = tf.sigmoid(logits)[..., 1:]
+        enc = box_enc.numpy()
+        boxes = np.empty((enc.shape[0], num_anchors, 1, 4), np.float32)
+        for b in range(enc.shape[0]):
+            boxes[b, :, 0] = decoder.decode(enc[b], decoded)
+        nms = tf.image.combined_non_max_suppression(
+            boxes, scores, max_output_size_per_class=max_detections, max_total_size=max_detections,
+            iou_threshold=iou_threshold, score_threshold=score_threshold, clip_boxes=True)
+        nb, ns, nc, nv = (t.numpy() for t in nms)
+        for b, (index, good) in enumerate(zip(idx.numpy(), ok.numpy())):
+            if not good:
+                continue
+            sample = dataset.samples[int(index)]
+            k = int(nv[b])
+            yxyx = nb[b, :k]
+            xyxy = np.stack([yxyx[:, 1] * sample.width, yxyx[:, 0] * sample.height,
+                             yxyx[:, 3] * sample.width, yxyx[:, 2] * sample.height], axis=-1)
+            predictions.append((xyxy.astype(np.float32), ns[b, :k].astype(np.float32), nc[b, :k].astype(np.int32)))
+            indices.append(int(index))
+    return predictions, indices
+
+
+def evaluate_keras(model, config, dataset, batch_size: int = 16):
+    """COCO mAP (a :class:`convert.metrics.MapResult`) of a Keras SSD on ``dataset`` (readable images only)."""
+    from convert.metrics import evaluate_map
+
+    predictions, indices = predict_keras(model, config, dataset, batch_size)
+    return evaluate_map(dataset.subset(indices), predictions)

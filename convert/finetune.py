@@ -1,7 +1,7 @@
 """Short fine-tuning on the training data, shared by pruning and quantization-aware training.
 
 Uses the training stage's own pieces (:class:`convert.pipeline.InputPipeline`, the detection loss,
-:func:`convert.train.make_train_step`), so a pruned or QAT model is tuned on exactly the objective
+:func:`convert.steps.make_train_step`), so a pruned or QAT model is tuned on exactly the objective
 it was trained with. Keras callbacks (TFMOT's ``UpdatePruningStep``) are driven by hand, the way
 TFMOT documents for custom training loops.
 """
@@ -37,7 +37,7 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
     """``fine_tune(model, steps, callbacks)`` over ``dataset`` (a :class:`convert.data.Dataset`)."""
     from convert.losses import LossConfig
     from convert.pipeline import InputPipeline
-    from convert.train import make_optimizer, make_train_step
+    from convert.steps import make_optimizer, make_train_step
 
     if not dataset.samples:
         raise EdgeError("fine-tuning data has no images")

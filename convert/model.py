@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.config import SSDConfig
-from convert.tf import import_keras, import_tensorflow
+from convert.tf import import_keras
 from edge.errors import EdgeError
 
 BOX_OUTPUT = "box_encodings"
@@ -184,15 +184,3 @@ def _init_class_bias(model, per_location: list[int], columns: int) -> None:
         bias = np.full((n, columns), prior, dtype=np.float32)
         bias[:, 0] = -prior
         layer.set_weights([kernel, bias.reshape(-1)])
-
-
-def model_outputs(model, images):
-    """Run ``model`` and return ``(box_encodings, class_logits)`` whatever order Keras keeps."""
-    tf = import_tensorflow()
-    outputs = model(images, training=False)
-    if isinstance(outputs, dict):
-        return outputs[BOX_OUTPUT], outputs[CLASS_OUTPUT]
-    box, cls = outputs
-    if box.shape[-1] != 4 and cls.shape[-1] == 4:
-        box, cls = cls, box
-    return tf.cast(box, tf.float32), tf.cast(cls, tf.float32)

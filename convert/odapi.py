@@ -9,7 +9,9 @@ the graph itself (the ``Postprocessor`` decodes against them) and compared with 
 
 TF2 SavedModel from ``export_tflite_graph_tf2.py``: already ends in the post-process function, so it
 is converted as it is; the op's attributes are then rewritten to the requested ones (see
-:func:`convert.export.set_postprocess_attributes`).
+:func:`convert.tflite_edit.set_postprocess_attributes`).
+
+Both loaders describe the head they found as a :class:`convert.head.HeadSpec` (their ``head``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.contract.anchors import AnchorConfig, generate_anchors
+from convert.head import HeadSpec
+from edge.contract.anchors import AnchorConfig, generate_anchors, ssd_feature_map_sizes
 from edge.contract.boxcoding import BoxCoderScales
-from edge.errors import EdgeError
 from edge.contract.modelinfo import Normalization
+from edge.errors import EdgeError, first_line
 
 BOX_NODE = "concat"
 CLASS_NODE = "concat_1"
@@ -45,6 +48,11 @@ class FrozenSSD:
     input_node: str
     box_coder: BoxCoderScales = BoxCoderScales()
     normalization: Normalization = field(default_factory=lambda: Normalization(127.5, 127.5))
+
+    @property
+    def head(self) -> HeadSpec:
+        return HeadSpec(self.input_size, self.anchor_config, self.num_classes, self.box_coder, self.normalization,
+                        self.score_conversion, self.anchors)
 
 
 def _parse_graph(path: Path):
@@ -90,9 +98,6 @@ def _score_conversion(graph_def) -> str:
 
 def load_frozen_graph(path: str | Path) -> FrozenSSD:
     """Cut a TF1 OD API SSD frozen graph at its raw head; EdgeError (one line) if it is not one."""
-    from convert.tf import import_tensorflow
-
-    tf = import_tensorflow()
     path = Path(path)
     graph_def = _parse_graph(path)
     nodes = {node.name: node for node in graph_def.node}
@@ -101,20 +106,7 @@ def load_frozen_graph(path: str | Path) -> FrozenSSD:
         raise EdgeError(f"{path}: not an OD API SSD frozen graph (no node {', '.join(repr(m) for m in missing)}; "
                         "expected image_tensor -> ... -> concat / concat_1 -> Postprocessor)")
     input_node = _input_node(nodes, path)
-
-    # One run of the whole graph on a dummy image gives the static shapes and the anchors.
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    fetches = {"input": f"{input_node}:0", "box": f"{BOX_NODE}:0", "cls": f"{CLASS_NODE}:0"}
-    if ANCHORS_NODE in nodes:
-        fetches["anchors"] = f"{ANCHORS_NODE}:0"
-    try:
-        with tf.compat.v1.Session(graph=graph) as session:
-            values = session.run(fetches, {f"{IMAGE_NODE}:0": np.zeros((1, 64, 64, 3), np.uint8)})
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeError(f"{path}: the graph does not run as an OD API SSD ({first[:200]})") from None
+    values = _probe(graph_def, input_node, ANCHORS_NODE in nodes, path)
     in_shape, box_shape, cls_shape = values["input"].shape, values["box"].shape, values["cls"].shape
     if len(in_shape) != 4 or in_shape[3] != 3 or box_shape[-1] != 4 or len(cls_shape) != 3 \
             or box_shape[1] != cls_shape[1]:
@@ -122,17 +114,47 @@ def load_frozen_graph(path: str | Path) -> FrozenSSD:
                         f"{CLASS_NODE} {list(cls_shape)})")
     height, width = int(in_shape[1]), int(in_shape[2])
     num_anchors, columns = int(box_shape[1]), int(cls_shape[2])
+    anchors, anchor_config = _graph_anchors(values.get("anchors"), (height, width), num_anchors, path)
+    return FrozenSSD(
+        path=path,
+        network=_cut_at_head(graph_def, input_node, (height, width), num_anchors),
+        input_size=(height, width),
+        num_classes=columns - 1,
+        anchors=anchors,
+        anchor_config=anchor_config,
+        score_conversion=_score_conversion(graph_def),
+        input_node=input_node,
+    )
 
-    standard = AnchorConfig(feature_map_sizes=[(1, 1)])  # placeholder, replaced below
+
+def _probe(graph_def, input_node: str, has_anchors: bool, path: Path) -> dict[str, np.ndarray]:
+    """One run of the whole graph on a dummy image: the static shapes and the anchors."""
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    fetches = {"input": f"{input_node}:0", "box": f"{BOX_NODE}:0", "cls": f"{CLASS_NODE}:0"}
+    if has_anchors:
+        fetches["anchors"] = f"{ANCHORS_NODE}:0"
     try:
-        from edge.contract.anchors import ssd_feature_map_sizes
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(fetches, {f"{IMAGE_NODE}:0": np.zeros((1, 64, 64, 3), np.uint8)})
+    except Exception as exc:
+        raise EdgeError(f"{path}: the graph does not run as an OD API SSD ({first_line(exc)})") from None
 
-        standard = AnchorConfig(feature_map_sizes=ssd_feature_map_sizes((height, width)), input_size=(height, width))
+
+def _graph_anchors(tiled: np.ndarray | None, size: tuple[int, int], num_anchors: int,
+                   path: Path) -> tuple[np.ndarray, AnchorConfig | None]:
+    """The graph's anchors (yc, xc, h, w), and the standard generator config when it reproduces them."""
+    try:
+        standard = AnchorConfig(feature_map_sizes=ssd_feature_map_sizes(size), input_size=size)
         standard_anchors = generate_anchors(standard)
     except EdgeError:
-        standard_anchors = np.zeros((0, 4), np.float32)
-    if "anchors" in values:
-        corners = values["anchors"].reshape(-1, 4)[:num_anchors].astype(np.float32)
+        standard, standard_anchors = None, np.zeros((0, 4), np.float32)
+    if tiled is not None:
+        corners = tiled.reshape(-1, 4)[:num_anchors].astype(np.float32)
         ymin, xmin, ymax, xmax = corners.T
         anchors = np.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, ymax - ymin, xmax - xmin], axis=1)
     else:
@@ -141,9 +163,19 @@ def load_frozen_graph(path: str | Path) -> FrozenSSD:
         raise EdgeError(f"{path}: {num_anchors} box encodings but {anchors.shape[0]} anchors "
                         "(not a standard ssd_anchor_generator graph)")
     matches = standard_anchors.shape == anchors.shape and np.allclose(standard_anchors, anchors, atol=1e-4)
+    return anchors.astype(np.float32), standard if matches else None
 
-    # Cut: the feature-extractor input becomes a placeholder; only its descendants up to the
-    # head are kept (the preprocessor's while loop and the TF1 post-processing are dropped).
+
+def _cut_at_head(graph_def, input_node: str, size: tuple[int, int], num_anchors: int):
+    """normalised [1, H, W, 3] -> (box encodings [1, A, 4], class logits [1, A, C + 1]).
+
+    The feature-extractor input becomes a placeholder; only its descendants up to the head are
+    kept (the preprocessor's while loop and the TF1 post-processing are dropped).
+    """
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    height, width = size
     cut = tf.compat.v1.GraphDef()
     cut.CopyFrom(graph_def)
     for node in cut.node:
@@ -168,16 +200,7 @@ def load_frozen_graph(path: str | Path) -> FrozenSSD:
         return tf.reshape(box, [1, num_anchors, 4]), logits
 
     network.keep_alive = (wrapped, head)  # the pruned function references the wrapped graph
-    return FrozenSSD(
-        path=path,
-        network=network,
-        input_size=(height, width),
-        num_classes=columns - 1,
-        anchors=anchors.astype(np.float32),
-        anchor_config=standard if matches else None,
-        score_conversion=_score_conversion(graph_def),
-        input_node=input_node,
-    )
+    return network
 
 
 def run_frozen_graph(path: str | Path, image_rgb: np.ndarray) -> dict[str, np.ndarray]:
@@ -213,9 +236,7 @@ class TF2Export:
     normalization: Normalization = field(default_factory=lambda: Normalization(127.5, 127.5))
 
     @property
-    def head(self):
-        from convert.export import HeadSpec
-
+    def head(self) -> HeadSpec:
         return HeadSpec(self.input_size, None, self.num_classes, self.box_coder, self.normalization,
                         "identity", None)
 
@@ -239,7 +260,7 @@ def load_tf2_saved_model(path: str | Path) -> TF2Export:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise EdgeError(f"{path}: cannot load the SavedModel ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise EdgeError(f"{path}: cannot load the SavedModel ({first_line(exc)})") from None
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     if not signatures:
         raise EdgeError(f"{path}: the SavedModel has no serving signature")

@@ -5,10 +5,9 @@ Sizes in KiB (1024 bytes), latency in ms (``invoke()`` only), mAP in points (0..
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from convert.export import write_atomic
+from edge.files import atomic_write_json
 
 
 def report_path(model_path: str | Path) -> Path:
@@ -18,7 +17,7 @@ def report_path(model_path: str | Path) -> Path:
 
 
 def write_report(model_path: str | Path, report: dict) -> Path:
-    return write_atomic(report_path(model_path), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
+    return atomic_write_json(report_path(model_path), report)
 
 
 def _pct(value) -> str:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-_WEIGHT_OPS = {"CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense",
-               "TRANSPOSE_CONV": "Conv2DTranspose"}
-_TENSOR_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16}
+from convert.tflite_edit import filter_weights
 
 
 @dataclass
@@ -55,35 +53,6 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def _filter_weights(model_bytes: bytes):
-    """Yield ``(layer kind, values, zero value)`` for every conv / fully-connected filter in the file."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    seen: set[int] = set()
-    for subgraph in model.subgraphs or []:
-        for op in subgraph.operators or []:
-            code = model.operatorCodes[op.opcodeIndex]
-            kind = _WEIGHT_OPS.get(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), ""))
-            if kind is None or op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
-                continue
-            tensor = subgraph.tensors[op.inputs[1]]
-            if tensor.buffer in seen or tensor.buffer >= len(model.buffers):
-                continue
-            data = model.buffers[tensor.buffer].data
-            dtype = _TENSOR_DTYPES.get(tensor.type)
-            if data is None or dtype is None or len(data) == 0:
-                continue  # produced at run time (e.g. a dequantized float16 weight)
-            seen.add(tensor.buffer)
-            values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype=dtype)
-            zero = 0
-            if tensor.quantization is not None and tensor.quantization.zeroPoint is not None \
-                    and len(tensor.quantization.zeroPoint) == 1:
-                zero = int(tensor.quantization.zeroPoint[0])
-            yield kind, values, zero
-
-
 def tflite_weight_sparsity(model_bytes: bytes) -> dict:
     """Fraction of zero weights in the conv / fully-connected filters stored in the file.
 
@@ -92,7 +61,7 @@ def tflite_weight_sparsity(model_bytes: bytes) -> dict:
     """
     zeros: dict[str, int] = {}
     totals: dict[str, int] = {}
-    for kind, values, zero in _filter_weights(model_bytes):
+    for kind, values, zero in filter_weights(model_bytes):
         zeros[kind] = zeros.get(kind, 0) + int(np.count_nonzero(values == zero))
         totals[kind] = totals.get(kind, 0) + int(values.size)
     total = sum(totals.values())
@@ -103,7 +72,7 @@ def tflite_weight_sparsity(model_bytes: bytes) -> dict:
 def filter_weights_gzip_bytes(model_bytes: bytes) -> int:
     """gzip size of the filter weights alone: what pruning can save, without the per-channel
     quantization parameters, biases and graph structure that every int8 file also carries."""
-    blob = b"".join(values.tobytes() for _, values, _ in _filter_weights(model_bytes))
+    blob = b"".join(values.tobytes() for _, values, _ in filter_weights(model_bytes))
     return gzip_size(blob)
 
 
@@ -130,8 +99,7 @@ def measure_latency(path: str | Path, runs: int = 50, warmup: int = 5, num_threa
     """Median and 90th-percentile ``invoke()`` time in ms on a fixed random input."""
     from edge.backends.tflite import load_interpreter
 
-    interpreter, info = load_interpreter(path, runtime, num_threads)
-    interpreter.allocate_tensors()
+    interpreter, info = load_interpreter(path, runtime, num_threads, allocate=True)
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
     dtype = np.dtype(detail["dtype"])

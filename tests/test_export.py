@@ -36,7 +36,7 @@ def trained_run(tmp_path_factory):
 
 def _convert(trained_run, tmp_path_factory, name: str, *extra: str):
     from convert.conversion import ConvertOptions, convert
-    from convert.export import PostprocessOptions
+    from convert.head import PostprocessOptions
 
     run_dir, train_dir, val_dir = trained_run
     out = tmp_path_factory.mktemp(name) / f"{name}.tflite"
@@ -147,8 +147,9 @@ def test_tf2_saved_model_export_gets_our_attributes(tmp_path):
 
     from convert.config import SSDConfig
     from convert.conversion import ConvertOptions, convert
-    from convert.export import PostprocessOptions, read_postprocess_attributes
+    from convert.head import PostprocessOptions
     from convert.model import build_ssd
+    from convert.tflite_edit import read_postprocess_attributes
     from edge.contract.anchors import generate_anchors
     from edge.detector.detector import Detector
 

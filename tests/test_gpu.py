@@ -91,8 +91,8 @@ def test_auto_batch_size_keeps_largest_batch_below_first_resource_exhausted():
     from convert.gpu import find_batch_size
     from convert.losses import LossConfig
     from convert.model import build_ssd
+    from convert.steps import make_optimizer, make_train_step
     from convert.tf import import_tensorflow
-    from convert.train import make_optimizer, make_train_step
 
     tf = import_tensorflow()
     config = SSDConfig.create(["a"], input_size=96, width=0.35)  # smallest valid model: fast steps

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
+from convert.tflite_edit import embed_metadata
 from edge.errors import EdgeError
 from edge.contract.labels import load_labels, parse_labels
-from edge.contract.tflite_file import embed_metadata, load_model_info, read_tflite
+from edge.contract.tflite_file import load_model_info, read_tflite
 from edge.contract.modelinfo import ModelInfo
 
 

@@ -72,7 +72,7 @@ def test_int8_frozen_graph_finds_the_astronaut_like_tensorflow(person_model, oda
 def test_int8_model_contract_and_metadata(person_model, odapi_frozen_graph):
     from ai_edge_litert.interpreter import Interpreter
 
-    from convert.export import read_postprocess_attributes
+    from convert.tflite_edit import read_postprocess_attributes
     from edge.contract.tflite_file import POSTPROCESS_OP, load_model_info, read_tflite
 
     data = person_model.read_bytes()

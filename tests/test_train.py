@@ -138,12 +138,12 @@ def test_resume_after_kill_continues_the_step_count(trained):
 
 @pytest.mark.slow
 def test_trained_model_reaches_map_floor_untrained_does_not(trained):
+    from convert.evaluate import evaluate_keras
     from convert.model import build_ssd
-    from convert.train import evaluate_model
 
     result, val = trained["result"], trained["val"]
     config = SSDConfig.load(trained["run_dir"])
-    untrained = evaluate_model(build_ssd(config), config, val)
+    untrained = evaluate_keras(build_ssd(config), config, val)
     assert untrained.map50 < 0.05
     assert result.val_map.map50 >= MAP50_FLOOR, result.history
     assert result.val_map.map50 > 3 * untrained.map50
@@ -159,8 +159,9 @@ def test_bad_images_are_skipped_and_named(trained):
 
 @pytest.mark.slow
 def test_run_dir_rebuilds_the_same_model(trained):
+    from convert.checkpoints import load_trained_model
+    from convert.evaluate import evaluate_keras
     from convert.model import BOX_OUTPUT, CLASS_OUTPUT
-    from convert.train import evaluate_model, load_trained_model
 
     run_dir = trained["run_dir"]
     model, config = load_trained_model(run_dir)
@@ -172,13 +173,13 @@ def test_run_dir_rebuilds_the_same_model(trained):
     assert model.outputs[0].shape[1:] == (config.anchors.num_anchors, 4)
     assert model.outputs[1].shape[1:] == (config.anchors.num_anchors, len(CLASSES) + 1)
     assert not any(type(l).__name__ in ("Rescaling", "Normalization", "Functional") for l in model.layers)
-    reloaded = evaluate_model(model, config, trained["val"])
+    reloaded = evaluate_keras(model, config, trained["val"])
     assert reloaded.map50 == pytest.approx(trained["result"].val_map.map50, abs=1e-6)
 
 
 @pytest.mark.slow
 def test_load_trained_model_refuses_missing_mismatched_or_corrupt_checkpoints(trained, tmp_path):
-    from convert.train import load_trained_model
+    from convert.checkpoints import load_trained_model
 
     run_dir = trained["run_dir"]
     no_ckpt = tmp_path / "no_ckpt"

@@ -39,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from convert.conversion import ConvertOptions, command_line, convert
-    from convert.export import PostprocessOptions
+    from convert.conversion import ConvertOptions, convert
+    from convert.head import PostprocessOptions
+    from convert.report import report_path
+    from edge.provenance import command_line
 
     options = ConvertOptions(
         source=args.source, output=args.output, calib=args.calib, val=args.val, coco=args.coco, images=args.images,
@@ -54,5 +56,5 @@ def main(args: argparse.Namespace) -> int:
         command=command_line(),
     )
     convert(options)
-    print(f"wrote {options.output} and {options.output.with_name(options.output.stem + '.report.json')}")
+    print(f"wrote {options.output} and {report_path(options.output)}")
     return 0

@@ -8,7 +8,6 @@ labels, e.g. ``coco_labels.txt`` for Google's SSD MobileNet).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -44,8 +43,8 @@ def format_result(model: Path, dataset_name: str, result) -> str:
 def main(args: argparse.Namespace) -> int:
     from convert.data import load_coco, load_voc
     from convert.evaluate import evaluate_tflite
-    from convert.export import write_atomic
     from edge.errors import EdgeError
+    from edge.files import atomic_write_json
 
     if args.coco is not None:
         if args.images is None:
@@ -61,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_result(args.model, name, result))
     if args.json is not None:
         payload = {"model": str(args.model), "dataset": name, **result.to_dict()}
-        write_atomic(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.json, payload)
         print(f"wrote {args.json}")
     return 0

@@ -59,6 +59,39 @@ def _parse_batch_size(value: str) -> int | None:
     return size
 
 
+def _datasets(args: argparse.Namespace):
+    """``(all data, training set, validation set or None)``, the split printed."""
+    from convert.data import load_dataset
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    dataset = load_dataset(args.data, format=args.format, images_dir=args.images_dir, labels=classes)
+    for path, reason in dataset.skipped[:10]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.val_data:
+        val = load_dataset(args.val_data, format=args.format, labels=dataset.labels)
+        train_set = dataset
+    elif args.val_split > 0:
+        train_set, val = dataset.split(args.val_split, seed=args.seed)
+    else:
+        train_set, val = dataset, None
+    print(f"train: {train_set.summary()}" + (f"; val: {val.summary()}" if val is not None else "")
+          + (f"; {len(dataset.skipped)} annotation file(s) skipped" if dataset.skipped else ""))
+    return dataset, train_set, val
+
+
+def _auto_batch_size(config, train_set, loss, setup) -> int:
+    """``--batch-size auto``: measured on the GPU, else the default."""
+    from convert.steps import search_batch_size
+    from convert.train import DEFAULT_BATCH_SIZE
+
+    if not setup.gpus:
+        print(f"--batch-size auto needs a GPU to measure; using the default {DEFAULT_BATCH_SIZE}")
+        return DEFAULT_BATCH_SIZE
+    search = search_batch_size(config, train_set, loss=loss, mixed_precision=setup.mixed_precision)
+    print(search.describe())
+    return search.batch_size
+
+
 def main(args: argparse.Namespace) -> int:
     batch_size = _parse_batch_size(args.batch_size)
     if not 160 <= args.input_size <= 320:
@@ -76,36 +109,15 @@ def main(args: argparse.Namespace) -> int:
     print(setup.describe())
 
     from convert.config import SSDConfig
-    from convert.data import load_dataset
     from convert.losses import LossConfig
-    from convert.train import DEFAULT_BATCH_SIZE, search_batch_size, train
+    from convert.train import train
 
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    dataset = load_dataset(args.data, format=args.format, images_dir=args.images_dir, labels=classes)
-    for path, reason in dataset.skipped[:10]:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if args.val_data:
-        val = load_dataset(args.val_data, format=args.format, labels=dataset.labels)
-        train_set = dataset
-    elif args.val_split > 0:
-        train_set, val = dataset.split(args.val_split, seed=args.seed)
-    else:
-        train_set, val = dataset, None
-    print(f"train: {train_set.summary()}" + (f"; val: {val.summary()}" if val is not None else "")
-          + (f"; {len(dataset.skipped)} annotation file(s) skipped" if dataset.skipped else ""))
-
+    dataset, train_set, val = _datasets(args)
     config = SSDConfig.create(dataset.labels, input_size=args.input_size, width=args.width, fpn=args.fpn)
     config.training["data"] = str(args.data)
     loss = LossConfig(classification=args.loss)
-
     if batch_size is None:
-        if setup.gpus:
-            search = search_batch_size(config, train_set, loss=loss, mixed_precision=setup.mixed_precision)
-            print(search.describe())
-            batch_size = search.batch_size
-        else:
-            print(f"--batch-size auto needs a GPU to measure; using the default {DEFAULT_BATCH_SIZE}")
-            batch_size = DEFAULT_BATCH_SIZE
+        batch_size = _auto_batch_size(config, train_set, loss, setup)
     strategy = mirrored_strategy_if_needed()
     if strategy.num_replicas_in_sync > 1:
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} GPUs; global batch {batch_size}")

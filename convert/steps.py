@@ -1,0 +1,97 @@
+"""The training step, shared by ``edge train`` and the pruning / QAT fine-tuning of ``edge convert``.
+
+:func:`make_optimizer` is Adam behind a warm-up + cosine schedule; :func:`make_train_step` compiles
+one step of the detection loss into a ``tf.function`` (replica-averaged under a distribution
+strategy, loss-scaled under mixed precision); :func:`search_batch_size` finds the largest batch
+such a step runs with on the GPU (``--batch-size auto``).
+"""
+
+from __future__ import annotations
+
+from convert.losses import LossConfig, detection_loss
+from convert.tf import import_keras, import_tensorflow
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int | None = None,
+                   mixed_precision: bool = False):
+    """Adam with linear warm-up then cosine decay (from scratch BN nets need the gentle start)."""
+    keras = import_keras()
+    total_steps = max(1, int(total_steps))
+    warmup = min(total_steps // 10, 500) if warmup_steps is None else int(warmup_steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate * 0.1 if warmup else learning_rate,
+        decay_steps=max(1, total_steps - warmup), alpha=0.02,
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=10.0)
+    if mixed_precision:
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None):
+    """A compiled step ``(images, targets) -> (total, box, class)`` losses, replica-averaged."""
+    tf = import_tensorflow()
+    strategy = strategy or tf.distribute.get_strategy()
+    keras = import_keras()
+    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    # Plain tensor maths: keep autograph out of it (and out of import_tensorflow's os.environ use).
+    loss_fn = tf.autograph.experimental.do_not_convert(detection_loss)
+
+    def replica_step(images, targets):
+        with tf.GradientTape() as tape:
+            box_pred, class_logits = model(images, training=True)
+            total, box_loss, class_loss = loss_fn(targets["box_targets"], targets["class_targets"],
+                                                         box_pred, class_logits, loss_config)
+            # Each replica normalises by its own positives; averaging across replicas is the mean.
+            loss = total / strategy.num_replicas_in_sync
+            if scaled:
+                loss = optimizer.get_scaled_loss(loss)
+        grads = tape.gradient(loss, model.trainable_variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return total, box_loss, class_loss
+
+    def step(images, targets):
+        per_replica = strategy.run(replica_step, args=(images, targets))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for v in per_replica)
+
+    if strategy.num_replicas_in_sync > 1:  # distributed batches are PerReplica values: let TF trace them
+        return tf.function(step)
+    # One graph for every batch size (tracing the backward pass of MobileNetV2 costs many seconds, and
+    # the batch-size search would otherwise trace once per size).
+    size, num_anchors = model.input_shape[1:3], int(model.outputs[0].shape[1])
+    signature = [tf.TensorSpec((None, *size, 3), tf.float32),
+                 {"box_targets": tf.TensorSpec((None, num_anchors, 4), tf.float32),
+                  "class_targets": tf.TensorSpec((None, num_anchors), tf.int32)}]
+    return tf.function(step, input_signature=signature)
+
+
+def search_batch_size(config, dataset, start: int = 4, max_batch: int = 256, steps: int = 3,
+                      loss: LossConfig | None = None, mixed_precision: bool = False):
+    """``--batch-size auto``: largest batch that trains ``steps`` real steps without GPU OOM.
+
+    Uses a throwaway model and optimizer so the real run starts from clean weights.
+    """
+    import gc
+
+    from convert.gpu import find_batch_size
+    from convert.model import build_ssd
+    from convert.pipeline import InputPipeline
+
+    model = build_ssd(config)
+    optimizer = make_optimizer(1e-4, 100, warmup_steps=0, mixed_precision=mixed_precision)
+    step = make_train_step(model, optimizer, loss or LossConfig())
+    pipeline = InputPipeline(dataset, config, augment=False)
+
+    def try_batch(size: int) -> None:
+        images, targets = next(iter(pipeline.training_dataset(size, repeat=True)))
+        for _ in range(steps):
+            [float(v) for v in step(images, targets)]
+
+    try:
+        return find_batch_size(try_batch, start=start, max_batch=max_batch)
+    finally:
+        del model, optimizer, step
+        gc.collect()
+        import_keras().backend.clear_session()
