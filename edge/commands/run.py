@@ -70,6 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notify", action="store_true",
                         help="systemd Type=notify: READY=1 after the first frame, WATCHDOG=1 while frames flow, "
                              "STATUS=, STOPPING=1 (see docker/edgekit.service)")
+    parser.add_argument("--mqtt", metavar="URL",
+                        help="publish zone/line events (Frigate-style new/end JSON), counts, occupancy, stats and "
+                             "Home Assistant discovery to an MQTT broker: mqtt://[user:pass@]host[:port][/prefix] "
+                             "(mqtts:// for TLS against the system's CA store; a user without :pass takes "
+                             "EDGE_MQTT_PASSWORD); topics under edgekit/CAMERA unless /prefix is given. The run "
+                             "never waits for the broker: up to 1000 event messages queue while it is away")
+    parser.add_argument("--camera", default="camera", metavar="NAME",
+                        help="this camera's name in the MQTT topics and the Home Assistant device (default: camera)")
+    parser.add_argument("--metrics", metavar="[HOST:]PORT",
+                        help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:9108)")
+    parser.add_argument("--metrics-token-file", metavar="PATH", type=Path,
+                        help="require the token on the first line of PATH on /metrics (?token=T or Authorization: "
+                             "Bearer T; EDGE_METRICS_TOKEN works too)")
     parser.add_argument("--stats-every", type=nonnegative_float, default=5.0, metavar="S",
                         help="seconds between stats lines on stderr (0: none; default 5)")
 
@@ -87,14 +100,15 @@ def check_run_paths(args: argparse.Namespace) -> None:
     model = model_from_args(args) or default_model_path()
     check_paths([("MODEL", model), ("the model's sidecar", sidecar_path(model)), ("--labels", args.labels),
                  ("--source", args.source), ("--token-file", args.token_file), ("--zones", args.zones),
-                 ("--config", args.config)],
+                 ("--config", args.config), ("--metrics-token-file", args.metrics_token_file)],
                 [("--json", args.json, STREAM), ("--video", args.video, FILE), ("--clips", args.clips, FOLDER)])
 
 
-def build_sinks(args: argparse.Namespace, source) -> list:
+def build_sinks(args: argparse.Namespace, source, events=None) -> list:
     """The sinks the options ask for; a failure closes the ones already made."""
     from edge.live.preview import PreviewServer, PreviewSink, is_loopback, parse_bind
-    from edge.live.sinks import JsonLinesSink, VideoSink
+    from edge.live.sinks import JsonLinesSink
+    from edge.live.video import VideoSink
 
     sinks = []
     try:
@@ -119,11 +133,33 @@ def build_sinks(args: argparse.Namespace, source) -> list:
             from edge.systemd import SystemdNotifySink
 
             sinks.append(SystemdNotifySink())
+        mqtt = None
+        if args.mqtt:
+            from edge.events.mqtt import MqttSink
+
+            mqtt = MqttSink(args.mqtt, camera=args.camera, zones=events, log=_log)
+            sinks.append(mqtt)
+            _log(f"mqtt to {mqtt.target.describe()}, topics under {mqtt.prefix}/"
+                 + ("" if events is not None and events.config is not None else " (no --zones: stats only)"))
+        if args.metrics:
+            sinks.append(_metrics_sink(args, mqtt))
     except BaseException:
         for sink in sinks:
             sink.close()
         raise
     return sinks
+
+
+def _metrics_sink(args: argparse.Namespace, mqtt=None):
+    from edge.live.metrics import MetricsServer, MetricsSink, parse_metrics_bind
+    from edge.live.preview import is_loopback
+
+    host, port = parse_metrics_bind(args.metrics)
+    if not is_loopback(host) and not args.metrics_token:
+        _log(f"warning: the metrics on {host}:{port} are open to anyone on the network; add --metrics-token-file")
+    server = MetricsServer(host, port, token=args.metrics_token).start()
+    _log(f"metrics at {server.url.split('?')[0]}")
+    return MetricsSink(server, mqtt=mqtt)
 
 
 def _event_stage(args: argparse.Namespace, detector, high_score: float):
@@ -142,7 +178,8 @@ def _event_stage(args: argparse.Namespace, detector, high_score: float):
 def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high_score: float) -> int:
     """``--config``: every camera of the file through one detector (fixed threads: the tuner measures
     one source's frames, and here they are shared)."""
-    from edge.live.cameras import MultiLoop, build_cameras
+    from edge.live.cameras_config import build_cameras
+    from edge.live.multiloop import MultiLoop
 
     cameras, shared = build_cameras(specs, detector, json_target=args.json, clips=args.clips,
                                     clip_options={"pre_roll": args.pre_roll, "post_roll": args.post_roll},
@@ -153,6 +190,8 @@ def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high
         from edge.systemd import SystemdNotifySink
 
         notify.append(SystemdNotifySink())
+    if args.metrics:  # loop-wide: frames, fps, RSS, invoke times of all cameras together
+        notify.append(_metrics_sink(args))
     loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
                      stats_every=args.stats_every, log=_log)
     restore = loop.install_signal_handlers()
@@ -186,6 +225,22 @@ def main(args: argparse.Namespace) -> int:
             raise EdgeError(f"--config names each camera's source and zones: drop {', '.join(given)}")
     elif args.clips is not None and args.zones is None:
         raise EdgeError("--clips writes a clip per zone or line event: add --zones FILE")
+    if args.metrics_token_file is not None and not args.metrics:
+        raise EdgeError("--metrics-token-file is for the metrics: add --metrics [HOST:]PORT")
+    if args.mqtt and args.config is not None:
+        raise EdgeError("--mqtt with --config is not supported yet: run the cameras without it, or one edge run "
+                        "per camera with --mqtt and --camera NAME")
+    if args.mqtt:
+        from edge.events.mqtt import parse_mqtt_url
+
+        parse_mqtt_url(args.mqtt)
+    args.metrics_token = None
+    if args.metrics:
+        from edge.live.metrics import TOKEN_ENV as METRICS_TOKEN_ENV, parse_metrics_bind
+        from edge.live.preview import resolve_token
+
+        parse_metrics_bind(args.metrics)
+        args.metrics_token = resolve_token(None, args.metrics_token_file, env_var=METRICS_TOKEN_ENV)
     args.preview_token = None
     if args.preview:
         from edge.live.preview import resolve_token
@@ -196,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
 
     specs = None
     if args.config is not None:
-        from edge.live.cameras import load_cameras_config
+        from edge.live.cameras_config import load_cameras_config
 
         specs = load_cameras_config(args.config)
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
@@ -218,7 +273,7 @@ def main(args: argparse.Namespace) -> int:
                                  stall_timeout=args.stall_timeout)
     _log(f"source {source.describe()}" + (" (live: stale frames are dropped)" if source.live else ""))
     try:
-        sinks = build_sinks(args, source)
+        sinks = build_sinks(args, source, events)
     except BaseException:
         source.close()
         raise
