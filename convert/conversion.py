@@ -16,6 +16,7 @@ built in a private temporary directory, and only a conversion that passed every 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from convert.inputs import Source, load_source
 from convert.tflite_edit import embed_metadata, set_postprocess_attributes
 from edge.contract.modelinfo import ModelInfo
 from edge.errors import EdgeError
-from edge.files import atomic_write
+from edge.signals import check_interrupted
+from edge.files import atomic_path, atomic_write
 from edge.provenance import package_versions
 
 # Distributions a converted model's provenance names (None when absent).
@@ -143,7 +145,19 @@ def _check_options(opts: ConvertOptions) -> Path:
         raise EdgeError("--max-map-drop needs a held-out set to measure on: --val DIR or --coco ANN.json --images DIR")
     if not 0.0 <= opts.sparsity < 1.0:
         raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
+    _check_paths(opts, output)
     return output
+
+
+def _check_paths(opts: ConvertOptions, output: Path) -> None:
+    """Before any work: the model and its report may land on no input and must be writable."""
+    from convert.report import report_path
+    from edge.files import FILE, FOLDER, check_paths
+
+    inputs = [("SOURCE", opts.source), ("--calib", opts.calib), ("--val", opts.val), ("--coco", opts.coco),
+              ("--images", opts.images), ("--data", opts.data), ("--labels", opts.labels)]
+    check_paths(inputs, [("-o", output.parent, FOLDER), ("-o", output, FILE),
+                         ("the report", report_path(output), FILE)])
 
 
 def _dataset(path: Path, labels: list[str] | None, option: str):
@@ -382,17 +396,21 @@ def measure(built: Built) -> dict:
 
 def publish(report: dict, model_bytes: bytes) -> Path:
     """The ``--max-map-drop`` gate, then the model and its report, each renamed into place; returns the model."""
-    from convert.report import write_report
+    from convert.report import report_path
 
     drop, allowed = report["map_drop"], report["max_map_drop"]
     if allowed is not None and drop is not None and drop["map50_points"] > allowed:
         raise ValidationFailed(f"{report['quantization']} model loses {drop['map50_points']:.2f} mAP@0.5 points "
                                f"(> --max-map-drop {allowed}); nothing written")
-    # All steps passed: only now do files appear at the destination.
+    # All steps passed: only now do files appear at the destination, the model and its report as one
+    # unit: both are written in full under temporary names before either is renamed into place.
+    check_interrupted()  # a stop signal that a library swallowed must not end in an overwritten model
     output = Path(report["output"])
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, model_bytes)
-    write_report(output, report)
+    with atomic_path(output) as model_tmp, atomic_path(report_path(output)) as report_tmp:
+        model_tmp.write_bytes(model_bytes)
+        report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+        check_interrupted()
     return output
 
 

@@ -142,3 +142,28 @@ def test_large_synthetic_frames_are_built_in_uint8():
     tracemalloc.stop()
     frame_bytes = 4096 * 4096 * 3
     assert peak < 2.3 * frame_bytes, f"peak {peak / 2**20:.0f} MB for two {frame_bytes / 2**20:.0f} MB frames"
+
+
+# ---- desktop commands check their outputs before any work -----------------------------------
+
+
+def test_desktop_commands_refuse_outputs_onto_inputs_and_bad_locations(tmp_path, ssd_model_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(ssd_model_path.read_bytes())
+    size = model.stat().st_size
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.json").write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    folder_named_like_a_model = tmp_path / "somedir.tflite"
+    folder_named_like_a_model.mkdir()
+    one_line_error(edge("convert", run, "-o", folder_named_like_a_model), "is a folder")
+    one_line_error(edge("convert", run, "-o", model, "--calib", model), "would destroy it")
+    one_line_error(edge("eval", model, "--voc", data, "--json", model), "would destroy it")
+    one_line_error(edge("bench", model, "--json", model, "--frames", "2"), "would destroy it")
+    one_line_error(edge("bench", model, "--report", model, "--frames", "2"), "is a file")
+    one_line_error(edge("data", "synth", "--out", model, "--n", "2"), "is a file")
+    one_line_error(edge("train", "--data", data, "--out", data / "x.json"), "is a file")
+    assert model.stat().st_size == size

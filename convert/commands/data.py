@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edge.errors import EdgeError
 from edge.live.synthetic import SHAPE_CLASSES
@@ -26,6 +27,9 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "data_command", None) != "synth":
         raise EdgeError("edge data: choose an action, e.g. edge data synth --out DIR --n 500")
     from convert.data.synth import write_synthetic_voc
+    from edge.files import FOLDER, check_paths
+
+    check_paths([("--backgrounds", args.backgrounds)], [("--out", Path(args.out), FOLDER)])
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     dataset = write_synthetic_voc(args.out, args.n, classes=classes, size=args.size, seed=args.seed,

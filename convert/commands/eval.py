@@ -44,8 +44,13 @@ def main(args: argparse.Namespace) -> int:
     from convert.data import load_coco, load_voc
     from convert.evaluate import evaluate_tflite
     from edge.errors import EdgeError
-    from edge.files import atomic_write_json
+    from edge.contract.modelinfo import sidecar_path
+    from edge.files import FILE, FOLDER, atomic_write_json, check_paths
 
+    if args.json is not None:
+        check_paths([("MODEL", args.model), ("the model's sidecar", sidecar_path(args.model)), ("--voc", args.voc),
+                     ("--coco", args.coco), ("--images", args.images), ("--labels", args.labels)],
+                    [("--json", args.json.parent, FOLDER), ("--json", args.json, FILE)])
     if args.coco is not None:
         if args.images is None:
             raise EdgeError("--coco needs --images DIR (the folder its file_name entries are relative to)")

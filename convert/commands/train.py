@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from edge.errors import EdgeError
 
@@ -92,6 +93,15 @@ def _auto_batch_size(config, train_set, loss, setup) -> int:
     return search.batch_size
 
 
+def _check_train_paths(args: argparse.Namespace) -> None:
+    """The run directory may be no input, and must be writable, before TensorFlow starts."""
+    from edge.files import FOLDER, check_paths
+
+    weights = args.backbone_weights if args.backbone_weights not in ("imagenet", "none") else None
+    check_paths([("--data", args.data), ("--val-data", args.val_data), ("--images-dir", args.images_dir),
+                 ("--backbone-weights", weights)], [("--out", Path(args.out), FOLDER)])
+
+
 def main(args: argparse.Namespace) -> int:
     batch_size = _parse_batch_size(args.batch_size)
     if not 160 <= args.input_size <= 320:
@@ -100,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError(f"--val-split {args.val_split}: expected 0 <= fraction < 1")
     if args.epochs < 1:
         raise EdgeError(f"--epochs {args.epochs}: must be at least 1")
+    _check_train_paths(args)
 
     # First TensorFlow contact of the process: GPU memory settings must come before anything else.
     from convert.gpu import configure_gpus, mirrored_strategy_if_needed

@@ -48,6 +48,12 @@ def main(args: argparse.Namespace) -> int:
     from edge.bench.run import run_bench
     from edge.bench.settings import BenchSettings
 
+    from edge.files import FILE, FOLDER, check_paths
+
+    outputs = [("--report", args.report_dir, FOLDER)] if args.report_dir else []
+    if args.json_path:
+        outputs += [("--json", args.json_path.parent, FOLDER), ("--json", args.json_path, FILE)]
+    check_paths([("MODEL", m) for m in args.models] + [("--labels", args.labels), ("--source", args.source)], outputs)
     report = run_bench(BenchSettings.from_args(args), progress=not args.no_progress)
     print(format_summary(report))
     if args.json_path:
