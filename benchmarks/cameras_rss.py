@@ -1,7 +1,7 @@
 """Regenerate benchmarks/results/cameras_rss.json: RSS of one process running N cameras on one detector.
 
 For N = 1, 2, 4, 8 synthetic cameras (each N in a fresh subprocess, so no run inherits another's
-heap) a :class:`~edge.live.cameras.MultiLoop` runs the bundled demo model over ``--warmup`` then
+heap) a :class:`~edge.live.multiloop.MultiLoop` runs the bundled demo model over ``--warmup`` then
 ``--frames`` frames per camera, RSS sampled every ``--every`` frames from /proc. Per N: the steady
 RSS (median after warm-up), its least-squares slope (bytes per frame, all cameras together) and its
 drift over the measured frames; then a least-squares fit ``RSS = base + N x per_camera`` over the
@@ -38,7 +38,8 @@ COUNTS = (1, 2, 4, 8)
 def child(args: argparse.Namespace) -> int:
     """One N: build the detector and N cameras, run, print one JSON line."""
     from edge.detector.detector import Detector
-    from edge.live.cameras import Camera, MultiLoop
+    from edge.live.cameras import Camera
+    from edge.live.multiloop import MultiLoop
     from edge.live.synthetic import SyntheticSource
     from edge.models import DEMO_MODEL
 

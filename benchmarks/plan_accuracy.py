@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.files import atomic_write, atomic_write_json  # noqa: E402
+from edge.plan.baseline import load_baseline  # noqa: E402
+from edge.plan.components import Setup  # noqa: E402
 from edge.plan.measure import compare, run_fresh  # noqa: E402
-from edge.plan.predict import Setup, load_baseline, predict  # noqa: E402
+from edge.plan.predict import predict  # noqa: E402
 from edge.provenance import machine_info  # noqa: E402
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "models" / "ssd_mobilenet_v1_coco_quant.tflite"

@@ -206,7 +206,7 @@ class Watchdog:
 
 class SystemdNotifySink(Sink):
     """The :class:`Watchdog` as a sink: add it to a :class:`~edge.live.loop.LiveLoop` or, loop-wide,
-    to a :class:`~edge.live.cameras.MultiLoop` (its ``STATUS=`` then counts the cameras up).
+    to a :class:`~edge.live.multiloop.MultiLoop` (its ``STATUS=`` then counts the cameras up).
 
     ``env`` (default ``os.environ``) supplies ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
     ``WATCHDOG_PID``; without ``NOTIFY_SOCKET`` the sink does nothing.

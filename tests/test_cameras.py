@@ -13,9 +13,11 @@ import pytest
 
 from edge.detector.detector import Detector
 from edge.errors import EdgeError
-from edge.live.cameras import (Camera, CameraCapture, CameraJsonLinesSink, CameraSink, MultiLoop,
-                               parse_cameras_config)
+from edge.live.cameras import Camera, CameraCapture, CameraSink
+from edge.live.cameras_config import parse_cameras_config
 from edge.live.capture import RING_SLOTS, Capture
+from edge.live.multiloop import MultiLoop
+from edge.live.sinks import JsonLinesSink
 from edge.live.sources import Source, open_source
 from edge.live.synthetic import SyntheticSource
 from edge.models import DEMO_MODEL
@@ -68,7 +70,7 @@ class StallingSource(Source):
 def test_each_camera_gets_its_share_under_saturation(detector, traffic_video, tmp_path):
     """Two live cameras at 120 fps, two synthetic files and the traffic video (looped) keep the detector
     saturated; each gets 1/5 of the frames within 10%, and every JSON line names its camera."""
-    shared = CameraJsonLinesSink(tmp_path / "all.jsonl")
+    shared = JsonLinesSink(tmp_path / "all.jsonl")
     cameras = [_synthetic("live0", 0, live=True, fps=120), _synthetic("live1", 1, live=True, fps=120),
                _synthetic("file0", 2), _synthetic("file1", 3, size=(320, 240)),
                Camera("traffic", open_source(str(traffic_video), loop=True))]
@@ -206,7 +208,7 @@ def test_a_camera_not_up_at_start_joins_when_it_comes_up(detector):
     import socket
 
     from tests.helpers import MjpegServer
-    from edge.live.cameras import WaitingSource, open_camera_source
+    from edge.live.cameras_config import WaitingSource, open_camera_source
     from edge.live.sources import SourceUnavailable
 
     probe = socket.socket()
@@ -238,7 +240,7 @@ def test_a_camera_not_up_at_start_joins_when_it_comes_up(detector):
 
 
 def test_build_cameras_from_a_cameras_file(detector, tmp_path):
-    from edge.live.cameras import build_cameras, load_cameras_config
+    from edge.live.cameras_config import build_cameras, load_cameras_config
     from edge.live.clips import ClipSink
 
     (tmp_path / "zones.json").write_text(json.dumps({"normalized": True, "zones": [

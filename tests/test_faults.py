@@ -23,7 +23,8 @@ from helpers import MjpegServer
 
 from edge.detector.detector import Detector
 from edge.live.loop import LiveLoop
-from edge.live.sinks import JsonLinesSink, VideoSink
+from edge.live.sinks import JsonLinesSink
+from edge.live.video import VideoSink
 from edge.live.sources import Source, open_source
 from edge.live.synthetic import SyntheticSource
 

@@ -21,7 +21,8 @@ from edge.contract.detections import Detections
 from edge.detector.detector import Detector
 from edge.live.loop import LiveLoop
 from edge.live.preview import PreviewServer, PreviewSink, parse_bind
-from edge.live.sinks import JsonLinesSink, Sink, VideoSink
+from edge.live.sinks import JsonLinesSink, Sink
+from edge.live.video import VideoSink
 from edge.live.sources import open_source
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 import edge.cli
-from edge import catalog, download
+from edge import catalog, download, http_fetch, model_cache
 from edge.catalog import TFLITE, ZIP, CatalogEntry
-from edge.download import labels_beside, resolve_model
+from edge.download import resolve_model
 from edge.errors import EdgeError
+from edge.model_cache import labels_beside
 from edge.models import DEMO_MODEL
 
 NAME = "test-ssd"
@@ -136,7 +137,7 @@ def server():
 def cache(tmp_path, monkeypatch) -> Path:
     """A private cache, fast retries, and the `models` command in the dispatcher."""
     root = tmp_path / "cache"
-    monkeypatch.setenv(download.ENV_CACHE, str(root))
+    monkeypatch.setenv(model_cache.ENV_CACHE, str(root))
     monkeypatch.delenv(download.ENV_MIRROR, raising=False)
     monkeypatch.setattr(download, "BACKOFF", 0.01)
     monkeypatch.setattr(download, "TIMEOUT", 5.0)
@@ -327,7 +328,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cache, server, demo_zip, cap
     def full(out, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(download, "_write", full)
+    monkeypatch.setattr(http_fetch, "_write", full)
     code, _, err = edge_main(capsys, "models", "pull", NAME)
     line = one_error(err)
     assert code == 2 and "disk full" in line and NAME in line and f"{server.url}/test.zip" in line
@@ -447,7 +448,7 @@ def test_a_part_left_by_a_killed_pull_is_resumed_and_a_bad_one_replaced(cache, s
 def test_a_second_pull_of_the_same_model_waits_for_the_first(cache, server, demo_zip):
     folder = cache / NAME
     messages, done = [], []
-    with download._locked(folder, NAME, messages.append):  # another process is pulling it
+    with model_cache._locked(folder, NAME, messages.append):  # another process is pulling it
         waiter = threading.Thread(target=lambda: done.append(download.pull(NAME, log=messages.append)))
         waiter.start()
         deadline = time.monotonic() + 5

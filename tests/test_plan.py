@@ -12,8 +12,11 @@ import pytest
 
 from edge.errors import EdgeError
 from edge.models import DEMO_MODEL
-from edge.plan.arena import KERNELS_BUILTIN, plan_arena, read_graph
-from edge.plan.predict import Setup, load_baseline, predict
+from edge.plan.arena import KERNELS_BUILTIN, plan_arena
+from edge.plan.baseline import load_baseline
+from edge.plan.components import Setup
+from edge.plan.graph import read_graph
+from edge.plan.predict import predict
 
 MIB = 2**20
 

@@ -24,7 +24,8 @@ import pytest
 
 from edge.contract.detections import Detections
 from edge.detector.step import Frame
-from edge.live.sinks import DISK_RESERVE, JsonLinesSink, SinkError, VideoSink, _has_mp4_index
+from edge.live.sinks import JsonLinesSink, SinkError
+from edge.live.video import DISK_RESERVE, VideoSink, _has_mp4_index
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import pytest
 from edge.detector.buffer import BadFrameError
 from edge.live.capture import Capture
 from edge.live.synthetic import SyntheticSource
-from edge.live.sources import (ImageFolderSource, SkippedInput, SourceError, VideoCaptureSource, gstreamer_available,
-                          open_source)
+from edge.live.source_kinds import ImageFolderSource, VideoCaptureSource
+from edge.live.sources import SkippedInput, SourceError, gstreamer_available, open_source
 from edge.detector.stages import STAGES, StageTimes
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge.detector.detector import Detector
-from edge.live.cameras import Camera, MultiLoop
+from edge.live.cameras import Camera
 from edge.live.loop import LiveLoop
+from edge.live.multiloop import MultiLoop
 from edge.live.sources import Source
 from edge.live.synthetic import SyntheticSource
 from edge.models import DEMO_MODEL

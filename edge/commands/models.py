@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _list(cache: Path | None) -> None:
     from edge.catalog import CATALOG
-    from edge.download import cache_root, cached_model
+    from edge.model_cache import cache_root, cached_model
 
     rows = [("NAME", "SIZE", "INPUT", "LICENSE", "CACHED")]
     for name in sorted(CATALOG):

@@ -48,7 +48,7 @@ def source_size(text: str) -> tuple[int, int]:
 
 
 def sink_list(text: str) -> tuple[str, ...]:
-    from edge.plan.predict import SINKS
+    from edge.plan.components import SINKS
 
     names = tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
     unknown = [s for s in names if s not in SINKS and s != "none"]
@@ -150,8 +150,8 @@ def _print_ram(choice: dict) -> None:
 def _measure_baseline(args: argparse.Namespace) -> int:
     from edge.files import FILE, atomic_write_json, check_paths
     from edge.models import default_model_path
+    from edge.plan.baseline import BASELINE_PATH
     from edge.plan.measure import measure_baseline
-    from edge.plan.predict import BASELINE_PATH
 
     target = args.baseline or BASELINE_PATH
     models = list(args.models)
@@ -167,7 +167,7 @@ def _measure_baseline(args: argparse.Namespace) -> int:
             previous = json.loads(Path(target).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = None
-    from edge.plan.arena import read_graph
+    from edge.plan.graph import read_graph
 
     for model in models:
         read_graph(model)  # a bad file is one line before minutes of measuring
@@ -183,7 +183,9 @@ def _measure_baseline(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from edge.files import FILE, atomic_write_json, check_paths
-    from edge.plan.predict import Setup, baseline_mismatch, load_baseline, predict
+    from edge.plan.baseline import baseline_mismatch, load_baseline
+    from edge.plan.components import Setup
+    from edge.plan.predict import predict
     from edge.provenance import usable_cores
 
     if args.measure_baseline:
@@ -200,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     width, height = args.source
     cores = usable_cores()
     setup = Setup(width, height, args.cameras, args.threads, tuple(args.sinks), cores=cores)
-    from edge.plan.arena import read_graph
+    from edge.plan.graph import read_graph
 
     graphs = [(model, read_graph(model)) for model in args.models]  # every file checked before any output
     predictions = [predict(model, setup, baseline, graph=graph) for model, graph in graphs]

@@ -1,10 +1,16 @@
-"""Reading the parts of a ``.tflite`` file the board needs: operator kinds and metadata.
+"""Reading a ``.tflite`` file: the flatbuffer helpers and table slots, and what the board needs from it.
 
 The interpreter does not expose operator kinds or flatbuffer metadata, so this reads them from
 the file with the small ``flatbuffers`` runtime and a hand-kept map of the few table slots used
 (schema: tensorflow/compiler/mlir/lite/schema/schema.fbs). That keeps it working with every
 runtime, including tflite-runtime, which ships no generated schema. This module only reads;
 the conversion stage edits files in ``convert.tflite_edit``, with the same operator names.
+
+It is the project's one ``.tflite`` reader: :func:`read_tflite` takes operator kinds and metadata,
+and :mod:`edge.plan.graph` reads subgraph 0's tensors and operators with the same helpers
+(:func:`root_table`, :func:`read_tables`, :func:`read_ints`, :func:`read_scalar`, ...) and slots.
+A damaged file makes them raise (``IndexError``, ``struct.error``, ``TypeError``, ...); callers turn
+that into one :class:`~edge.errors.EdgeError` line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from flatbuffers import number_types as N
 from flatbuffers import table as fb_table
 from flatbuffers.util import GetBufferIdentifier
 
@@ -25,14 +32,20 @@ from edge.contract.modelinfo import ModelInfo, read_sidecar, sidecar_path
 METADATA_NAME = "edgekit"
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 
-# vtable slots (4 + 2 * field index) of the tables read here
-_MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS, _MODEL_METADATA = 6, 8, 12, 16
-_SUBGRAPH_OPERATORS = 10
-_OPERATOR_OPCODE_INDEX, _OPERATOR_CUSTOM_OPTIONS = 4, 14
-_OPCODE_DEPRECATED_BUILTIN, _OPCODE_CUSTOM, _OPCODE_BUILTIN = 4, 6, 10
-_METADATA_NAME, _METADATA_BUFFER = 4, 6
-_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 4, 6, 8
-_CUSTOM_OPCODE = 32
+# vtable slots (4 + 2 * field index) of the tables read; a union takes two fields (type, value).
+MODEL_OPERATOR_CODES, MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA = 6, 8, 12, 16
+SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS, SUBGRAPH_OPERATORS, SUBGRAPH_NAME = 4, 6, 8, 10, 12
+TENSOR_SHAPE, TENSOR_TYPE, TENSOR_BUFFER, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_VARIABLE = 4, 6, 8, 10, 12, 14
+QUANT_SCALE, QUANT_ZERO_POINT = 8, 10
+OP_OPCODE_INDEX, OP_INPUTS, OP_OUTPUTS, OP_BUILTIN_OPTIONS, OP_CUSTOM_OPTIONS = 4, 6, 8, 12, 14
+OP_LARGE_CUSTOM_OFFSET, OP_LARGE_CUSTOM_SIZE = 22, 24
+OPCODE_DEPRECATED_BUILTIN, OPCODE_CUSTOM, OPCODE_BUILTIN = 4, 6, 10
+METADATA_ENTRY_NAME, METADATA_ENTRY_BUFFER = 4, 6  # the Metadata table's name and buffer
+BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 4, 6, 8
+# Conv2DOptions / DepthwiseConv2DOptions: (stride_w, stride_h, dilation_w, dilation_h) slots
+CONV_OPTION_SLOTS = {"CONV_2D": (6, 8, 12, 14), "DEPTHWISE_CONV_2D": (6, 8, 14, 16)}
+CUSTOM_OPCODE = 32
+PLACEHOLDER_FOR_GREATER_OP_CODES = 127  # deprecated_builtin_code when the real code is in builtin_code
 
 
 def builtin_operator_names() -> dict[int, str]:
@@ -61,32 +74,72 @@ class TFLiteFile:
         return POSTPROCESS_OP in self.operators
 
 
-def _table(buf: bytearray, pos: int) -> fb_table.Table:
+# ---- reading tables -------------------------------------------------------------------------------
+# Offsets in a damaged file point anywhere: a table outside the file fails when it is read
+# (struct.error, or flatbuffers' TypeError "bad number ... for type uint32"); vector_span, read_ints
+# and read_bytes also check that a vector lies inside the file (IndexError).
+
+def table_at(buf: bytearray, pos: int) -> fb_table.Table:
+    """The table at offset ``pos`` of the file."""
     return fb_table.Table(buf, pos)
 
 
-def _vector_tables(tab: fb_table.Table, slot: int) -> list[fb_table.Table]:
+def root_table(buf: bytearray) -> fb_table.Table:
+    """The file's root table (the Model)."""
+    return table_at(buf, N.UOffsetTFlags.py_type(int.from_bytes(buf[0:4], "little")))
+
+
+def read_tables(tab: fb_table.Table, slot: int) -> list[fb_table.Table]:
+    """The tables of the vector in field ``slot`` of ``tab`` (``[]`` when the field is absent)."""
     off = tab.Offset(slot)
     if not off:
         return []
     start = tab.Vector(off)
-    return [_table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(tab.VectorLen(off))]
+    return [table_at(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(tab.VectorLen(off))]
 
 
-def _string(tab: fb_table.Table, slot: int) -> str | None:
+def read_string(tab: fb_table.Table, slot: int) -> str | None:
+    """The string in field ``slot``, or None when absent."""
     off = tab.Offset(slot)
     return tab.String(off + tab.Pos).decode("utf-8", "replace") if off else None
 
 
-def _scalar(tab: fb_table.Table, slot: int, flags, default: int) -> int:
+def read_scalar(tab: fb_table.Table, slot: int, flags, default: int) -> int:
+    """The scalar of type ``flags`` (``flatbuffers.number_types``) in field ``slot``, else ``default``."""
     off = tab.Offset(slot)
     return tab.Get(flags, off + tab.Pos) if off else default
 
 
+def vector_span(tab: fb_table.Table, slot: int) -> tuple[int, int]:
+    """(start, length) of the vector in field ``slot``; (0, 0) when absent."""
+    off = tab.Offset(slot)
+    if not off:
+        return 0, 0
+    start = tab.Vector(off)
+    length = tab.VectorLen(off)
+    if start < 0 or start + length > len(tab.Bytes):
+        raise IndexError(f"vector of {length} at {start} runs past the end of the file")
+    return start, length
+
+
+def read_ints(tab: fb_table.Table, slot: int) -> tuple[int, ...]:
+    """The int32 vector in field ``slot`` (``()`` when absent)."""
+    start, length = vector_span(tab, slot)
+    if start + 4 * length > len(tab.Bytes):
+        raise IndexError("int vector runs past the end of the file")
+    return struct.unpack_from(f"<{length}i", tab.Bytes, start) if length else ()
+
+
+def read_bytes(tab: fb_table.Table, slot: int) -> bytes:
+    """The byte vector in field ``slot`` (``b""`` when absent)."""
+    start, length = vector_span(tab, slot)
+    return bytes(tab.Bytes[start:start + length])
+
+
+# ---- operator kinds and metadata --------------------------------------------------------------------
+
 def read_tflite(path: str | Path) -> TFLiteFile:
     """Parse the file's operator codes and metadata; EdgeError if it is not a TFLite model."""
-    from flatbuffers import number_types as N
-
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -102,24 +155,24 @@ def read_tflite(path: str | Path) -> TFLiteFile:
     if len(buf) < 16 or GetBufferIdentifier(buf, 0) != b"TFL3":
         raise EdgeError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
     try:
-        model = _table(buf, N.UOffsetTFlags.py_type(int.from_bytes(buf[0:4], "little")))
+        model = root_table(buf)
         names = builtin_operator_names()
         operators = []
-        for code in _vector_tables(model, _MODEL_OPERATOR_CODES):
+        for code in read_tables(model, MODEL_OPERATOR_CODES):
             builtin = max(
-                _scalar(code, _OPCODE_DEPRECATED_BUILTIN, N.Int8Flags, 0),
-                _scalar(code, _OPCODE_BUILTIN, N.Int32Flags, 0),
+                read_scalar(code, OPCODE_DEPRECATED_BUILTIN, N.Int8Flags, 0),
+                read_scalar(code, OPCODE_BUILTIN, N.Int32Flags, 0),
             )
-            if builtin == _CUSTOM_OPCODE:
-                operators.append(_string(code, _OPCODE_CUSTOM) or "CUSTOM")
+            if builtin == CUSTOM_OPCODE:
+                operators.append(read_string(code, OPCODE_CUSTOM) or "CUSTOM")
             else:
                 operators.append(names.get(builtin, f"BUILTIN_{builtin}"))
         postprocess_options = _postprocess_options(model, operators)
-        buffers = _vector_tables(model, _MODEL_BUFFERS)
+        buffers = read_tables(model, MODEL_BUFFERS)
         metadata = {}
-        for entry in _vector_tables(model, _MODEL_METADATA):
-            name = _string(entry, _METADATA_NAME) or ""
-            index = _scalar(entry, _METADATA_BUFFER, N.Uint32Flags, 0)
+        for entry in read_tables(model, MODEL_METADATA):
+            name = read_string(entry, METADATA_ENTRY_NAME) or ""
+            index = read_scalar(entry, METADATA_ENTRY_BUFFER, N.Uint32Flags, 0)
             if index < len(buffers):
                 metadata[name] = _buffer_bytes(buffers[index], buf)
     except (IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, struct.error,
@@ -134,16 +187,15 @@ def read_tflite(path: str | Path) -> TFLiteFile:
 def _postprocess_options(model: fb_table.Table, operators: list[str]) -> dict | None:
     """The flexbuffer attributes of the first post-process op in subgraph 0, or None."""
     from flatbuffers import flexbuffers
-    from flatbuffers import number_types as N
 
     if POSTPROCESS_OP not in operators:
         return None
     code = operators.index(POSTPROCESS_OP)
-    subgraphs = _vector_tables(model, _MODEL_SUBGRAPHS)
-    for op in _vector_tables(subgraphs[0], _SUBGRAPH_OPERATORS) if subgraphs else []:
-        if _scalar(op, _OPERATOR_OPCODE_INDEX, N.Uint32Flags, 0) != code:
+    subgraphs = read_tables(model, MODEL_SUBGRAPHS)
+    for op in read_tables(subgraphs[0], SUBGRAPH_OPERATORS) if subgraphs else []:
+        if read_scalar(op, OP_OPCODE_INDEX, N.Uint32Flags, 0) != code:
             continue
-        off = op.Offset(_OPERATOR_CUSTOM_OPTIONS)
+        off = op.Offset(OP_CUSTOM_OPTIONS)
         if not off:
             return {}
         start, length = op.Vector(off), op.VectorLen(off)
@@ -155,14 +207,12 @@ def _postprocess_options(model: fb_table.Table, operators: list[str]) -> dict | 
 
 
 def _buffer_bytes(buffer: fb_table.Table, whole: bytearray) -> bytes:
-    from flatbuffers import number_types as N
-
-    off = buffer.Offset(_BUFFER_DATA)
+    off = buffer.Offset(BUFFER_DATA)
     if off:
         start = buffer.Vector(off)
         return bytes(buffer.Bytes[start : start + buffer.VectorLen(off)])
-    offset = _scalar(buffer, _BUFFER_OFFSET, N.Uint64Flags, 0)
-    size = _scalar(buffer, _BUFFER_SIZE, N.Uint64Flags, 0)
+    offset = read_scalar(buffer, BUFFER_OFFSET, N.Uint64Flags, 0)
+    size = read_scalar(buffer, BUFFER_SIZE, N.Uint64Flags, 0)
     if offset > 1 and size:  # large models keep buffers after the flatbuffer
         return bytes(whole[offset : offset + size])
     return b""

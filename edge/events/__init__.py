@@ -13,7 +13,8 @@ Per frame, after the detector::
 from __future__ import annotations
 
 from edge.events.config import ANCHORS, EventConfig, RegionSpec, load_config, parse_config, yaml_available
-from edge.events.tracker import Tracker, Tracks
+from edge.events.tracker import Tracker
+from edge.events.tracks import Tracks
 from edge.events.zones import Event, Zones
 
 __all__ = ["ANCHORS", "Event", "EventConfig", "RegionSpec", "Tracker", "Tracks", "Zones", "load_config",

@@ -21,13 +21,9 @@ Association (ByteTrack, Zhang et al. 2022), per frame:
    first miss; a confirmed track coasts on its prediction for up to ``max_missed`` frames unseen.
 
 Matching is class-aware (a track keeps the class it was born with and only matches detections of
-that class) and greedy: the highest IoU pair is taken first, then the next among the rest, down to
-``match_iou``. Greedy rather than Hungarian because with at most 64 tracks and an IoU gate of 0.3
-against motion-predicted boxes, candidate pairs rarely compete (two same-class objects must overlap
-both predictions by >= 0.3 at once), and there greedy and optimal assignment almost always agree;
-an optimal solver would need scipy (excluded on the board) or ``lap`` (a compiled dependency) or an
-O(n^3) pure-Python loop, all to change the outcome in those rare ties. The greedy pass is at most
-``min(detections, tracks)`` argmax calls over a preallocated ``[max_detections, max_tracks]`` matrix.
+that class) and greedy, best IoU pair first, down to ``match_iou``: :mod:`edge.events.matching`
+(and why greedy rather than Hungarian). The live tracks come out as
+:class:`~edge.events.tracks.Tracks`.
 
 Units: boxes are ``(x0, y0, x1, y1)`` in pixels of the frame the detector saw (as in
 :class:`~edge.contract.detections.Detections`); velocities are pixels per source frame; ``hits``,
@@ -39,129 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import EdgeError
-
-
-class Tracks:
-    """The live tracks after one :meth:`Tracker.update`, columnar, ``count`` rows.
-
-    One instance per tracker, refilled every update: the properties are views valid until the
-    next update (copy what you keep). Rows are in slot order, not id order.
-
-    ============================  =============================================================
-    ``ids``                       int64, the public track id; -1 while tentative (unconfirmed)
-    ``boxes``                     float32 ``[count, 4]`` ``(x0, y0, x1, y1)`` pixels: the matched
-                                  detection's box when seen this frame, else the prediction
-    ``class_ids``                 int32, the class the track was born with (never changes)
-    ``scores``                    float32, score of the last detection matched to it
-    ``confirmed``                 bool, confirmed after ``confirm_frames`` consecutive hits
-    ``hits``                      int32, updates in which it was matched (birth frame included)
-    ``age``                       int32, updates since birth (1 on the birth frame)
-    ``missed``                    int32, consecutive updates without a match (0: seen now)
-    ``slots``                     intp, the tracker slot of each row: stable for a track's life
-                                  (reused after it ends), to index per-track state arrays
-    ``detection_track_ids``       int64 ``[detection_count]``: per row of the Detections given to
-                                  ``update``, the public id of its track, -1 when the detection
-                                  matched a tentative track or none (below ``low_score``, refused)
-    ============================  =============================================================
-
-    ``seq`` is the frame number given to ``update`` (else the update count), ``frame`` the update
-    count, ``labels`` the detector's label list (``label(i)`` names row ``i``'s class).
-
-    The underlying arrays (``_ids`` ... ``_slots``) have ``capacity`` rows: rows past ``count``
-    describe free slots and mean nothing, but ``_slots`` is always a permutation of every slot,
-    which lets :class:`~edge.events.zones.Zones` work on whole arrays without slicing.
-    """
-
-    def __init__(self, capacity: int, detection_capacity: int, labels: list[str] | None = None) -> None:
-        self.capacity = int(capacity)
-        self.labels: list[str] = list(labels or [])
-        self.count = 0
-        self.detection_count = 0
-        self.frame = 0
-        self.seq = 0
-        m = self.capacity
-        self._ids = np.full(m, -1, np.int64)
-        self._boxes = np.zeros((m, 4), np.float32)
-        self._class_ids = np.zeros(m, np.int32)
-        self._scores = np.zeros(m, np.float32)
-        self._confirmed = np.zeros(m, bool)
-        self._hits = np.zeros(m, np.int32)
-        self._age = np.zeros(m, np.int32)
-        self._missed = np.zeros(m, np.int32)
-        self._slots = np.zeros(m, np.intp)
-        self._detection_track_ids = np.full(int(detection_capacity), -1, np.int64)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._ids[: self.count]
-
-    @property
-    def boxes(self) -> np.ndarray:
-        return self._boxes[: self.count]
-
-    @property
-    def class_ids(self) -> np.ndarray:
-        return self._class_ids[: self.count]
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self._scores[: self.count]
-
-    @property
-    def confirmed(self) -> np.ndarray:
-        return self._confirmed[: self.count]
-
-    @property
-    def hits(self) -> np.ndarray:
-        return self._hits[: self.count]
-
-    @property
-    def age(self) -> np.ndarray:
-        return self._age[: self.count]
-
-    @property
-    def missed(self) -> np.ndarray:
-        return self._missed[: self.count]
-
-    @property
-    def slots(self) -> np.ndarray:
-        return self._slots[: self.count]
-
-    @property
-    def detection_track_ids(self) -> np.ndarray:
-        return self._detection_track_ids[: self.detection_count]
-
-    def __len__(self) -> int:
-        return self.count
-
-    def label(self, i: int) -> str:
-        class_id = int(self._class_ids[i])
-        if 0 <= class_id < len(self.labels):
-            return self.labels[class_id]
-        return str(class_id)
-
-    def track_id(self, detection_row: int) -> int | None:
-        """The public track id of detection row ``detection_row``, or ``None`` (for JSON ``"track"``)."""
-        value = int(self._detection_track_ids[detection_row])
-        return value if value >= 0 else None
-
-    def to_list(self, decimals: int = 1, confirmed_only: bool = True) -> list[dict]:
-        """Plain dicts for JSON (allocates; call it when writing, not every frame for nothing)."""
-        rows = []
-        for i in range(self.count):
-            if confirmed_only and not self._confirmed[i]:
-                continue
-            rows.append({
-                "id": int(self._ids[i]), "label": self.label(i), "class_id": int(self._class_ids[i]),
-                "score": round(float(self._scores[i]), 4),
-                "box": [round(float(v), decimals) for v in self._boxes[i]],
-                "hits": int(self._hits[i]), "age": int(self._age[i]), "missed": int(self._missed[i]),
-            })
-        return rows
-
-    def __repr__(self) -> str:
-        confirmed = int(np.count_nonzero(self.confirmed))
-        return f"Tracks({self.count} live, {confirmed} confirmed, frame {self.frame})"
+from edge.events.matching import IouMatcher
+from edge.events.tracks import Tracks
 
 
 class Tracker:
@@ -232,8 +107,6 @@ class Tracker:
         self._tsel = np.zeros(m, bool)  # tracks taking part in the current association stage
         self._tb1 = np.zeros(m, bool)
         self._tb2 = np.zeros(m, bool)
-        self._tnot = np.zeros(m, bool)
-        self._tnot_row = self._tnot[None, :]
         self._cls_f = np.zeros(m, np.float32)  # class ids as floats, to compare in float tiles
         self._cls_f_row = self._cls_f[None, :]
         self._gain4 = np.zeros((m, 4), np.float32)
@@ -260,9 +133,10 @@ class Tracker:
     def _allocate_detection_buffers(self, capacity: int) -> None:
         """Arrays sized by the detector's capacity (``Detections.capacity``): from the constructor
         with ``max_detections``, else on the first update, and again only if detections with a
-        larger capacity show up. The ``[capacity, max_tracks]`` float32 matrices (6 of them plus a
-        bool mask: 160 KB for 100 x 64, 16 KB for the 10 rows of Google's SSD) are the bulk of the
-        tracker's memory, so they follow the detector rather than a worst case."""
+        larger capacity show up. The :class:`~edge.events.matching.IouMatcher`'s ``[capacity,
+        max_tracks]`` float32 matrices (6 of them plus a bool mask: 160 KB for 100 x 64, 16 KB for the
+        10 rows of Google's SSD) are the bulk of the tracker's memory, so they follow the detector
+        rather than a worst case."""
         d, m = capacity, self.max_tracks
         self._det_capacity = d
         self._dxyxy = np.zeros((d, 4), np.float32)
@@ -277,21 +151,11 @@ class Tracker:
         self._db1 = np.zeros(d, bool)
         self._dslot = np.full(d, -1, np.intp)  # slot of each detection's track, -1 none
         self._dneg = np.zeros(d, bool)
-        self._inter = np.zeros((d, m), np.float32)
-        self._tmp = np.zeros((d, m), np.float32)
-        self._iou = np.zeros((d, m), np.float32)
-        self._work = np.zeros((d, m), np.float32)
-        self._mask = np.zeros((d, m), bool)
         self._dcols = tuple(self._dxyxy[:, c:c + 1] for c in range(4))  # [d, 1]: broadcast on rows
         self._dcols_flat = tuple(self._dxyxy[:, c] for c in range(4))
         self._dcxcywh_cols = tuple(self._dcxcywh[:, c] for c in range(4))
-        self._dnot = np.zeros(d, bool)
-        self._dcls_f = np.zeros(d, np.float32)
-        self._tile_a = np.zeros((d, m), np.float32)  # detection column spread across tracks
-        self._tile_b = np.zeros((d, m), np.float32)  # track row spread across detections
         self._darea_col = self._darea[:, None]
-        self._dcls_f_col = self._dcls_f[:, None]
-        self._dnot_col = self._dnot[:, None]
+        self._matcher = IouMatcher(d, m)
         if self._tracks._detection_track_ids.size < d:
             self._tracks._detection_track_ids = np.full(d, -1, np.int64)
 
@@ -394,39 +258,9 @@ class Tracker:
 
     def _associate(self) -> None:
         """IoU of every detection row with every predicted box (same class, live slots only, else 0),
-        then the three ByteTrack stages over it.
-
-        numpy (2.x) makes a full-size copy of any broadcast operand of a ufunc, so a
-        ``[d, 1] op [1, m]`` call would allocate ``d * m`` floats per operand; :meth:`_tile`
-        first spreads both sides into same-shape tiles with ``np.copyto``, which does not."""
-        iou, inter, tmp, a, b = self._iou, self._inter, self._tmp, self._tile_a, self._tile_b
-        dx0, dy0, dx1, dy1 = self._dcols
-        px0, py0, px1, py1 = self._pred_rows
-        self._tile(dx1, px1)
-        np.minimum(a, b, out=inter)
-        self._tile(dx0, px0)
-        np.maximum(a, b, out=tmp)
-        np.subtract(inter, tmp, out=inter)
-        np.maximum(inter, 0.0, out=inter)  # intersection width
-        self._tile(dy1, py1)
-        np.minimum(a, b, out=tmp)
-        self._tile(dy0, py0)
-        np.maximum(a, b, out=a)
-        np.subtract(tmp, a, out=tmp)
-        np.maximum(tmp, 0.0, out=tmp)  # intersection height
-        np.multiply(inter, tmp, out=inter)
-        self._tile(self._darea_col, self._parea_row)
-        np.add(a, b, out=tmp)
-        np.subtract(tmp, inter, out=tmp)  # union area
-        np.maximum(tmp, 1e-6, out=tmp)
-        np.divide(inter, tmp, out=iou)
-        # class-aware (a track keeps its class), live slots only: zero elsewhere
-        np.copyto(self._dcls_f, self._dcls)
-        self._tile(self._dcls_f_col, self._cls_f_row)
-        np.not_equal(a, b, out=self._mask)
-        np.copyto(iou, 0.0, where=self._mask)
-        np.logical_not(self._live, out=self._tnot)
-        np.copyto(iou, 0.0, where=self._tnot_row)
+        then the three ByteTrack stages over it."""
+        self._matcher.fill(self._dcols, self._darea_col, self._dcls, self._pred_rows, self._parea_row,
+                           self._cls_f_row, self._live)
 
         self._match_det.fill(-1)
         self._tused.fill(False)
@@ -451,37 +285,10 @@ class Tracker:
         np.logical_and(self._dlow, self._db1, out=dsel)
         self._greedy()
 
-    def _tile(self, column: np.ndarray, row: np.ndarray) -> None:
-        """``column`` ([d, 1]) into every column of ``_tile_a``, ``row`` ([1, m]) into every row of
-        ``_tile_b``."""
-        np.copyto(self._tile_a, column)
-        np.copyto(self._tile_b, row)
-
     def _greedy(self) -> None:
         """Match the selected detections (``_dsel``) and tracks (``_tsel``): best IoU pair first."""
-        n_det = int(np.count_nonzero(self._dsel))
-        if n_det == 0:
-            return
-        n_trk = int(np.count_nonzero(self._tsel))
-        if n_trk == 0:
-            return
-        work, m, threshold = self._work, self.max_tracks, self.match_iou
-        np.copyto(work, self._iou)
-        np.logical_not(self._dsel, out=self._dnot)
-        np.copyto(work, 0.0, where=self._dnot_col)
-        np.logical_not(self._tsel, out=self._tnot)
-        np.copyto(work, 0.0, where=self._tnot_row)
-        for _ in range(min(n_det, n_trk)):
-            flat = int(work.argmax())
-            i, j = divmod(flat, m)
-            if work.item(flat) < threshold:
-                break
-            self._match_det[j] = i
-            self._dslot[i] = j
-            self._dused[i] = True
-            self._tused[j] = True
-            work[i].fill(0.0)
-            work[:, j].fill(0.0)
+        self._matcher.match(self._dsel, self._tsel, self.match_iou, self._match_det, self._dslot, self._dused,
+                            self._tused)
 
     def _update_matched(self) -> None:
         """Matched slots take their detection's box and score; the rest coast on their prediction."""

@@ -21,9 +21,10 @@ state is keyed by tracker slot and starts afresh for every new track (ids are ne
 id switch gives the object a fresh state instead of counting the same crossing twice.
 
 Memory: all state and work arrays are ``[max_tracks, zones]`` and ``[max_tracks, lines]``
-(polygon tests ``[max_tracks, zones, vertices]``), allocated once and indexed by tracker slot;
-per frame, only numpy's small call overheads and one reduction buffer (under 2 KB in all,
-measured in ``tests/test_zones.py``), plus the events themselves on frames that have some. Every
+(polygon tests ``[max_tracks, zones, vertices]``, :mod:`edge.events.geometry`; the sides,
+:mod:`edge.events.hysteresis`), allocated once and indexed by tracker slot; per frame, only
+numpy's small call overheads and one reduction buffer (under 2 KB in all, measured in
+``tests/test_zones.py``), plus the events themselves on frames that have some. Every
 ufunc gets same-shape contiguous operands: numpy (2.x) copies a broadcast or 2-D strided operand
 into a temporary, so per-track columns are first spread into preallocated tiles with
 ``np.copyto``, which does not.
@@ -42,7 +43,9 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.events.config import ANCHORS, EventConfig, parse_config, resolve_classes
-from edge.events.tracker import Tracks
+from edge.events.geometry import Polygons, Segments
+from edge.events.hysteresis import _Sides
+from edge.events.tracks import Tracks
 
 _NO_EVENTS: tuple = ()  # what a frame with nothing to report returns: shared, allocates nothing
 IN, OUT = 0, 1  # direction index in :attr:`Zones.counts`
@@ -74,87 +77,6 @@ class Event:
         return {"event": self.kind, "direction": self.direction, self.region: self.name,
                 "track": self.track_id, "label": self.label, "class_id": self.class_id,
                 "frame": self.seq, "time": self.time, "point": [round(self.x, 1), round(self.y, 1)]}
-
-
-class _Sides:
-    """Hysteresis state of every (slot, region) pair of one kind (zones or lines), ``[m, n]``.
-
-    ``side`` is the confirmed side (+1 inside / right of the line, -1 outside / left, 0 not yet
-    known), ``cand`` the side the anchor has been seen on since and ``streak`` for how many
-    observed frames; ``extra`` arrays (the lines' last point and crossing flag) are reset with them.
-    """
-
-    def __init__(self, m: int, n: int, min_frames: np.ndarray, extra: tuple[np.ndarray, ...] = ()) -> None:
-        self.n = n
-        self.side = np.zeros((m, n), np.int8)
-        self.cand = np.zeros((m, n), np.int8)
-        self.streak = np.zeros((m, n), np.int32)
-        self.extra = extra
-        self.min_frames = np.ascontiguousarray(np.broadcast_to(min_frames[None, :], (m, n)), np.int32)
-        self.obs = np.zeros((m, n), np.int8)  # this frame: +1 / -1, 0 where not observed
-        self.relevant = np.zeros((m, n), bool)  # confirmed, live, a class the region counts
-        self.observing = np.zeros((m, n), bool)  # ... and seen this frame
-        self.ax = np.zeros((m, n), np.float64)  # anchor, pixels
-        self.ay = np.zeros((m, n), np.float64)
-        self.fx = np.zeros((m, n), np.float64)  # anchor fractions of the box, tiled
-        self.fy = np.zeros((m, n), np.float64)
-        self.tile = np.zeros((m, n), np.float64)
-        self.known, self.agree, self.differ, self.same, self.new, self.fire, self.no = (
-            np.zeros((m, n), bool) for _ in range(7))
-        self.ibuf = np.zeros((m, n), np.int32)
-
-    def reset(self, stale_col: np.ndarray) -> None:
-        for array in (self.side, self.cand, self.streak) + self.extra:
-            np.copyto(array, 0, where=stale_col, casting="unsafe")
-
-    def anchors(self, x0_col, y0_col, w_col, h_col) -> None:
-        """``ax = x0 + fx * w``, ``ay = y0 + fy * h`` per (slot, region)."""
-        np.copyto(self.tile, w_col)
-        np.multiply(self.fx, self.tile, out=self.ax)
-        np.copyto(self.tile, x0_col)
-        np.add(self.ax, self.tile, out=self.ax)
-        np.copyto(self.tile, h_col)
-        np.multiply(self.fy, self.tile, out=self.ay)
-        np.copyto(self.tile, y0_col)
-        np.add(self.ay, self.tile, out=self.ay)
-
-    def select(self, table: np.ndarray, cls_idx: np.ndarray, not_counted_col, not_seen_col) -> None:
-        np.take(table, cls_idx, axis=0, out=self.relevant, mode="clip")
-        np.copyto(self.relevant, False, where=not_counted_col)
-        np.copyto(self.observing, self.relevant)
-        np.copyto(self.observing, False, where=not_seen_col)
-
-    def advance(self) -> int:
-        """One observed frame (``obs``, already zeroed where not observing); fills ``fire`` where
-        the candidate side has lasted ``min_frames``; returns how many fired."""
-        obs, side, cand, streak = self.obs, self.side, self.cand, self.streak
-        known, agree, differ, same, new = self.known, self.agree, self.differ, self.same, self.new
-        np.not_equal(obs, 0, out=known)
-        np.equal(obs, side, out=agree)
-        np.logical_and(agree, known, out=agree)
-        np.logical_not(agree, out=differ)
-        np.logical_and(differ, known, out=differ)
-        # Back on (or still on) the confirmed side: a candidate was a flicker; forget it.
-        np.copyto(cand, 0, where=agree)
-        np.copyto(streak, 0, where=agree)
-        # On the other side: the same candidate again extends its streak, a new one starts at 1.
-        np.equal(cand, obs, out=same)
-        np.logical_and(same, differ, out=same)
-        np.logical_not(same, out=new)
-        np.logical_and(new, differ, out=new)
-        np.add(streak, 1, out=self.ibuf)
-        np.copyto(streak, self.ibuf, where=same)
-        np.copyto(streak, 1, where=new)
-        np.copyto(cand, obs, where=new)
-        np.greater_equal(streak, self.min_frames, out=self.fire)
-        np.logical_and(self.fire, differ, out=self.fire)
-        return int(np.count_nonzero(self.fire))
-
-    def settle(self) -> None:
-        """Where ``fire``: the candidate becomes the confirmed side."""
-        np.copyto(self.side, self.obs, where=self.fire)
-        np.copyto(self.cand, 0, where=self.fire)
-        np.copyto(self.streak, 0, where=self.fire)
 
 
 class Zones:
@@ -218,38 +140,13 @@ class Zones:
         self.counts = np.zeros((len(regions), top + 1, 2), np.int64)
         self.occupancy = np.zeros(nz, np.int64)
 
-        def tiled(values, shape) -> np.ndarray:
-            return np.ascontiguousarray(np.broadcast_to(values, shape), np.float64)
-
-        # ---- zones: polygons padded to the longest by repeating their last vertex (a zero-length
-        # edge never straddles a horizontal, so it adds nothing to the crossing count)
-        v = max([len(p) for p in self.zone_points] + [1])
-        xi, yi = np.zeros((nz, v)), np.zeros((nz, v))
-        for z, pts in enumerate(self.zone_points):
-            xi[z, : len(pts)], yi[z, : len(pts)] = pts[:, 0], pts[:, 1]
-            xi[z, len(pts):], yi[z, len(pts):] = pts[-1, 0], pts[-1, 1]
-        xj, yj = np.roll(xi, 1, axis=1), np.roll(yi, 1, axis=1)  # each vertex's previous one
-        dy = yj - yi
-        slope = np.divide(xj - xi, dy, out=np.zeros_like(dy), where=dy != 0)
-        shape3 = (m, nz, v)
-        self._poly_xi, self._poly_yi = tiled(xi, shape3), tiled(yi, shape3)
-        self._poly_yj, self._poly_slope = tiled(yj, shape3), tiled(slope, shape3)
-        self._px, self._py, self._pf = (np.zeros(shape3) for _ in range(3))
-        self._pb1, self._pb2 = np.zeros(shape3, bool), np.zeros(shape3, bool)
+        self._polygons = Polygons(self.zone_points, m)  # zones: which anchors are inside
         self._inside = np.zeros((m, nz), bool)
         self._inside_i = np.zeros((m, nz), np.int64)
-
-        # ---- lines: A, B - A and |B - A|^2 per line, tiled
-        seg = np.array(self.line_points, np.float64).reshape(nl, 2, 2)
-        shape2 = (m, nl)
-        self._line_ax, self._line_ay = tiled(seg[:, 0, 0], shape2), tiled(seg[:, 0, 1], shape2)
-        self._line_dx = tiled(seg[:, 1, 0] - seg[:, 0, 0], shape2)
-        self._line_dy = tiled(seg[:, 1, 1] - seg[:, 0, 1], shape2)
-        self._line_len2 = self._line_dx ** 2 + self._line_dy ** 2
-        self._lf = [np.zeros(shape2) for _ in range(3)]
-        self._lb = [np.zeros(shape2, bool) for _ in range(3)]
+        self._segments = Segments(self.line_points, m)  # lines: which side, and was the segment cut
         # per (slot, line): the last anchor on the confirmed side, and whether the path from it to
         # the candidate side cut the segment
+        shape2 = (m, nl)
         self._lastx, self._lasty = np.zeros(shape2), np.zeros(shape2)
         self._hit = np.zeros(shape2, bool)
 
@@ -351,7 +248,7 @@ class Zones:
             # candidate side just started: remember whether the path there cut the segment
             np.copyto(self._lastx, sides.ax, where=sides.agree)
             np.copyto(self._lasty, sides.ay, where=sides.agree)
-            np.copyto(self._hit, self._lb[0], where=sides.new)
+            np.copyto(self._hit, self._segments.cuts, where=sides.new)
 
         events = _NO_EVENTS
         if fired:
@@ -380,21 +277,9 @@ class Zones:
         np.take(tracks._boxes, row, axis=0, out=self._boxes, mode="clip")
 
     def _inside_zones(self) -> None:
-        """Even-odd rule: a ray from the anchor to the right crosses the polygon's edges an odd
-        number of times iff the anchor is inside. +1 inside, -1 outside, 0 unobserved, into obs."""
+        """+1 inside each zone's polygon, -1 outside, 0 unobserved, into obs."""
         sides = self._zones
-        py, px, f, b1, b2 = self._py, self._px, self._pf, self._pb1, self._pb2
-        np.copyto(py, self._zy3)
-        np.copyto(px, self._zx3)
-        np.greater(self._poly_yi, py, out=b1)
-        np.greater(self._poly_yj, py, out=b2)
-        np.not_equal(b1, b2, out=b1)  # the edge straddles the anchor's horizontal
-        np.subtract(py, self._poly_yi, out=f)
-        np.multiply(f, self._poly_slope, out=f)
-        np.add(f, self._poly_xi, out=f)  # x where the edge meets that horizontal
-        np.less(px, f, out=b2)  # ... right of the anchor
-        np.logical_and(b1, b2, out=b1)
-        np.logical_xor.reduce(b1, axis=2, out=self._inside)
+        self._polygons.contains(self._zx3, self._zy3, out=self._inside)
         obs = sides.obs
         obs.fill(-1)
         np.copyto(obs, 1, where=self._inside)
@@ -403,54 +288,12 @@ class Zones:
 
     def _line_sides(self) -> None:
         """Side of each line's anchor (+1 right of A->B on screen, -1 left, 0 on it or unobserved)
-        into obs, and in ``_lb[0]`` whether the path from the last anchor on the confirmed side to
-        this one cuts the segment between its ends (used where a candidate side starts)."""
+        into obs, and in ``_segments.cuts`` whether the path from the last anchor on the confirmed
+        side to this one cuts the segment between its ends (used where a candidate side starts)."""
         sides = self._lines
-        f1, f2, f3 = self._lf
-        on_path, b2, b3 = self._lb
-        lx, ly, lastx, lasty = sides.ax, sides.ay, self._lastx, self._lasty
-        ax, ay, dx, dy = self._line_ax, self._line_ay, self._line_dx, self._line_dy
-        # cross(AB, P - A): with y pointing down, > 0 is the right-hand side walking from A to B
-        np.subtract(ly, ay, out=f1)
-        np.multiply(f1, dx, out=f1)
-        np.subtract(lx, ax, out=f2)
-        np.multiply(f2, dy, out=f2)
-        np.subtract(f1, f2, out=f1)
-        obs = sides.obs
-        obs.fill(0)
-        np.greater(f1, 0.0, out=b2)
-        np.copyto(obs, 1, where=b2)
-        np.less(f1, 0.0, out=b2)
-        np.copyto(obs, -1, where=b2)
+        self._segments.sides_and_cuts(sides.ax, sides.ay, self._lastx, self._lasty, sides.obs)
         np.logical_not(sides.observing, out=sides.no)
-        np.copyto(obs, 0, where=sides.no)
-        # the same for the last anchor on the confirmed side
-        np.subtract(lasty, ay, out=f2)
-        np.multiply(f2, dx, out=f2)
-        np.subtract(lastx, ax, out=f3)
-        np.multiply(f3, dy, out=f3)
-        np.subtract(f2, f3, out=f2)
-        # the path last -> now meets the line at t = c_last / (c_last - c_now) along it
-        np.subtract(f2, f1, out=f3)
-        np.not_equal(f3, 0.0, out=on_path)
-        np.divide(f2, f3, out=f2, where=on_path)
-        # where along AB (0..1) that meeting point lies: dot(P - A, AB) / |AB|^2
-        np.subtract(lx, lastx, out=f3)
-        np.multiply(f3, f2, out=f3)
-        np.add(f3, lastx, out=f3)
-        np.subtract(f3, ax, out=f3)
-        np.multiply(f3, dx, out=f3)
-        np.subtract(ly, lasty, out=f1)
-        np.multiply(f1, f2, out=f1)
-        np.add(f1, lasty, out=f1)
-        np.subtract(f1, ay, out=f1)
-        np.multiply(f1, dy, out=f1)
-        np.add(f3, f1, out=f3)
-        np.divide(f3, self._line_len2, out=f3)
-        np.greater_equal(f3, 0.0, out=b2)
-        np.less_equal(f3, 1.0, out=b3)
-        np.logical_and(on_path, b2, out=on_path)
-        np.logical_and(on_path, b3, out=on_path)
+        np.copyto(sides.obs, 0, where=sides.no)
 
     def _emit(self, tracks: Tracks, seq: int, time: float | None) -> Sequence[Event]:
         """Events where a side was confirmed (runs only on frames where something changed side)."""

@@ -33,7 +33,7 @@ the next start once it is older than any clip could be. Retention (``max_clips``
 ``max_age`` seconds) removes the oldest of this prefix's clips first, after each clip and at start.
 A disk below ``reserve`` free bytes skips clips (counted, logged) rather than stopping detection.
 
-Codec: the container's FourCCs as :class:`~edge.live.sinks.VideoSink` tries them: for ``.mp4``
+Codec: the container's FourCCs as :class:`~edge.live.video.VideoSink` tries them: for ``.mp4``
 H.264 (``avc1``, which browsers play) where the installed OpenCV's FFmpeg has an encoder for it (a
 Pi's V4L2 hardware encoder, a distribution's OpenCV), else MPEG-4 Part 2 (``mp4v``: VLC and ffmpeg
 play it, browsers do not); ``.webm`` (VP8) plays in browsers with any build. pip's opencv-python
@@ -58,7 +58,8 @@ import numpy as np
 
 from edge.errors import EdgeError, first_line
 from edge.files import atomic_path
-from edge.live.sinks import _FOURCC, BROWSER_PLAYABLE, DISK_RESERVE, Sink, _has_mp4_index, _stderr_silenced
+from edge.live.sinks import Sink
+from edge.live.video import _FOURCC, BROWSER_PLAYABLE, DISK_RESERVE, _has_mp4_index, _stderr_silenced
 
 TRIGGER_KINDS = ("enter", "cross")
 MAX_CLIP_SECONDS = 300.0  # a clip is closed at this length even while events go on (a new one starts)

@@ -121,8 +121,10 @@ def import_like_edge_run(runtime: str | None = None) -> None:
     import edge.live.loop  # noqa: F401
     import edge.live.preview  # noqa: F401  (edge run imports it for --preview's parser)
     import edge.live.sinks  # noqa: F401
+    import edge.live.source_kinds  # noqa: F401
     import edge.live.sources  # noqa: F401
     import edge.live.synthetic  # noqa: F401
+    import edge.live.video  # noqa: F401
     import edge.models  # noqa: F401
     from edge.backends.tflite import RUNTIMES, _interpreter_class
     from edge.contract.tflite_file import builtin_operator_names
@@ -161,7 +163,8 @@ def run(model: str, width: int, height: int, *, cameras: int = 1, threads: int |
     from edge.backends import open_backend
     from edge.live.loop import LiveLoop
     from edge.live.preview import PreviewServer, PreviewSink
-    from edge.live.sinks import JsonLinesSink, VideoSink
+    from edge.live.sinks import JsonLinesSink
+    from edge.live.video import VideoSink
     from edge.live.sources import open_source
 
     out["imports"] = rss_bytes()
@@ -223,7 +226,7 @@ def run(model: str, width: int, height: int, *, cameras: int = 1, threads: int |
     finally:
         tmp.cleanup()
     if arena:
-        from edge.plan.arena import read_graph
+        from edge.plan.graph import read_graph
 
         graph = read_graph(model)
         out["arena"] = interpreter_arena(model, [t.index for t in graph.tensors if not t.constant and not t.temporary])
@@ -296,8 +299,9 @@ def measure_baseline(models: list[str | Path], *, frames: int = 30, threads: int
     """
     import platform
 
-    from edge.plan.arena import read_graph
-    from edge.plan.predict import camera_modeled, detector_facts, fit_interpreter, synthetic_band_peak
+    from edge.plan.baseline import camera_modeled, fit_interpreter
+    from edge.plan.components import detector_facts, synthetic_band_peak
+    from edge.plan.graph import read_graph
     from edge.provenance import cpu_name, package_versions, usable_cores
 
     main_model = str(models[0])
@@ -401,7 +405,7 @@ def measure_baseline(models: list[str | Path], *, frames: int = 30, threads: int
 def compare(prediction, measured: dict) -> list[dict]:
     """Predicted vs measured, per component where the runner can measure it: ``[{"component",
     "predicted", "measured", "error"}]`` (error = predicted / measured - 1)."""
-    from edge.plan.predict import page_round
+    from edge.plan.components import page_round
 
     groups = {c.name: c.bytes for c in prediction.components}
     baseline = prediction.group_total("baseline")
