@@ -145,3 +145,11 @@ class RssSampler:
             "slope_segments": int(np.unique(self.segments).size),
             "slope_one_line_bytes_per_frame": round(self.raw_slope(), 3),
         }
+
+
+def samples_slope(samples: list[tuple[int, int]], first_frame: int) -> float | None:
+    """Bytes per frame of ``(frame, rss)`` samples taken at or after ``first_frame``; None under 3."""
+    points = [(f, r) for f, r in samples if f >= first_frame]
+    if len(points) < 3:
+        return None
+    return rss_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]))

@@ -46,3 +46,24 @@ def check_interrupted() -> None:
     name = interrupted()
     if name:
         raise KeyboardInterrupt(name)
+
+
+def finish_frame_on_stop_signals(stop, is_stopping, log):
+    """Install handlers that ask a live loop to finish its current frame: ``stop(name)`` on SIGINT,
+    SIGTERM or SIGHUP, and a second SIGINT (``is_stopping()`` already true) interrupts at once.
+    Returns a function that puts the previous handlers back."""
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if is_stopping() and signum == signal.SIGINT:
+            raise KeyboardInterrupt(name)
+        log(f"{name}: finishing the current frame")
+        stop(name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

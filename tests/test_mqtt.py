@@ -34,7 +34,8 @@ from edge.detector.step import Frame  # noqa: E402
 from edge.errors import EdgeError  # noqa: E402
 from edge.events.config import parse_config  # noqa: E402
 import edge.events.mqtt as mqtt_module  # noqa: E402
-from edge.events.mqtt import MqttSink, MqttTarget, parse_mqtt_url  # noqa: E402
+from edge.events.mqtt import MqttSink  # noqa: E402
+from edge.events.mqtt_target import MqttTarget, parse_mqtt_url  # noqa: E402
 from edge.events.stage import EventStage  # noqa: E402
 from edge.events.zones import Event  # noqa: E402
 from edge.live.loop import LiveLoop  # noqa: E402

@@ -11,7 +11,6 @@ skipped. Without a model it uses the bundled demo detector.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--mqtt with --config is not supported yet: run the cameras without it, or one edge run "
                         "per camera with --mqtt and --camera NAME")
     if args.mqtt:
-        from edge.events.mqtt import parse_mqtt_url
+        from edge.events.mqtt_target import parse_mqtt_url
 
         parse_mqtt_url(args.mqtt)
     args.metrics_token = None

@@ -66,20 +66,17 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import unquote, urlsplit
 
 from edge.errors import EdgeError, first_line
+from edge.events.ha_discovery import DISCOVERY_PREFIX, discovery_configs
+from edge.events.mqtt_target import MqttTarget, parse_mqtt_url, safe_id, topic_level
 from edge.live.sinks import Sink
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 QUEUE_SIZE = 1000  # unacknowledged QoS 1 event messages held while the broker is slow or away
 STATE_HEADROOM = 64  # paho's limit is queue_size + this + the state topics (availability, discovery, counts)
 STATS_EVERY = 5.0  # seconds between P/stats messages
@@ -88,82 +85,6 @@ LOST_CHECK_SECONDS = 0.5  # objects inside a zone: how often the tracker is aske
 KEEPALIVE = 30  # seconds; the broker publishes the last will ~1.5 keepalives after a silent network cut
 RECONNECT_DELAY = (1, 30)  # seconds: paho's first and longest wait between connection attempts
 CLOSE_TIMEOUT = 2.0  # seconds close() waits for queued messages to reach a connected broker
-DISCOVERY_PREFIX = "homeassistant"
-_SPECIAL = re.compile(r"[/+#\s\x00]+")
-_ID = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def _level(name: str) -> str:
-    """A name as one topic level: no ``/``, ``+``, ``#`` or white space."""
-    return _SPECIAL.sub("_", str(name)).strip("_") or "_"
-
-
-def _ident(name: str) -> str:
-    """A name as an id Home Assistant accepts in discovery topics (``[A-Za-z0-9_-]``)."""
-    return _ID.sub("_", str(name)).strip("_") or "_"
-
-
-@dataclass(frozen=True)
-class MqttTarget:
-    """A parsed ``--mqtt`` URL. ``prefix`` is ``None`` when the URL gives none (the sink then uses
-    ``edgekit/<camera>``)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    prefix: str | None = None
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def describe(self) -> str:
-        """The URL without the password (for log lines)."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.address}"
-
-
-def parse_mqtt_url(url: str, option: str = "--mqtt") -> MqttTarget:
-    """``mqtt://[user:pass@]host[:port][/prefix]`` or ``mqtts://...`` -> :class:`MqttTarget`.
-
-    User and password may be percent-encoded (``%40`` for ``@``); a user without a password takes it
-    from ``EDGE_MQTT_PASSWORD``. Raises :class:`EdgeError` naming ``option`` (never the password).
-    """
-    text = str(url).strip()
-    shown = re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", text)
-    if "://" not in text:
-        raise EdgeError(f"{option} {shown}: write mqtt://[user:pass@]host[:port][/prefix] (or mqtts:// for TLS)")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise EdgeError(f"{option} {shown}: the scheme must be mqtt:// or mqtts:// (TLS), not {parts.scheme}://")
-    if parts.query or "?" in text:
-        raise EdgeError(f"{option} {shown}: no ?query; write mqtt://[user:pass@]host[:port][/prefix]")
-    if "#" in text.partition("@")[2] or ("@" not in text and "#" in text):
-        raise EdgeError(f"{option} {shown}: the topic prefix may not contain +, # or empty levels")
-    try:
-        port = parts.port
-    except ValueError:
-        raise EdgeError(f"{option} {shown}: the port must be a number from 1 to 65535") from None
-    host = parts.hostname
-    if not host:
-        raise EdgeError(f"{option} {shown}: no broker host (e.g. mqtt://192.168.1.10 or mqtt://broker.local:1883)")
-    if port == 0:
-        raise EdgeError(f"{option} {shown}: the port must be a number from 1 to 65535")
-    username = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if username is not None and password is None:
-        password = os.environ.get(PASSWORD_ENV) or None
-    if password is not None and not username:
-        raise EdgeError(f"{option} {shown}: a password needs a user (mqtt://user:pass@host)")
-    prefix = unquote(parts.path).strip("/") or None
-    if prefix is not None:
-        if any(ch in prefix for ch in "+#\x00") or "//" in prefix:
-            raise EdgeError(f"{option} {shown}: the topic prefix {prefix!r} may not contain +, # or empty levels")
-    return MqttTarget(host, port or DEFAULT_PORTS[scheme], scheme == "mqtts", username or None, password, prefix)
 
 
 def _import_paho():
@@ -183,7 +104,7 @@ class _Region:
     __slots__ = ("kind", "name", "level", "classes")
 
     def __init__(self, kind: str, name: str, classes: tuple[str, ...] | None) -> None:
-        self.kind, self.name, self.level, self.classes = kind, name, _level(name), classes
+        self.kind, self.name, self.level, self.classes = kind, name, topic_level(name), classes
 
 
 class MqttSink(Sink):
@@ -214,7 +135,7 @@ class MqttSink(Sink):
             raise ValueError(f"MqttSink queue_size={queue_size!r}: must be at least 1")
         self._mqtt, api = _import_paho()
         self.camera = str(camera).strip()
-        self.prefix = self.target.prefix or f"edgekit/{_level(self.camera)}"
+        self.prefix = self.target.prefix or f"edgekit/{topic_level(self.camera)}"
         self.queue_size = int(queue_size)
         self.stats_every = float(stats_every)
         self.close_timeout = float(close_timeout)
@@ -225,7 +146,7 @@ class MqttSink(Sink):
         self.availability_topic = f"{self.prefix}/availability"
         self.events_topic = f"{self.prefix}/events"
         self.stats_topic = f"{self.prefix}/stats"
-        self._node = _ident(f"edgekit_{self.camera}")
+        self._node = safe_id(f"edgekit_{self.camera}")
         self._run_id = f"{int(time.time() * 1000):x}"
         try:
             from importlib.metadata import version
@@ -264,7 +185,7 @@ class MqttSink(Sink):
         self._thread = threading.Thread(target=self._run, name="edge-mqtt", daemon=True)
 
         mqtt = self._mqtt
-        cid = client_id or f"edgekit-{_ident(self.camera)}-{os.getpid()}-{os.urandom(3).hex()}"
+        cid = client_id or f"edgekit-{safe_id(self.camera)}-{os.getpid()}-{os.urandom(3).hex()}"
         client = mqtt.Client(api.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=True)
         client.reconnect_delay_set(int(reconnect_delay[0]), int(reconnect_delay[1]))
         self.reconnect_max = int(reconnect_delay[1])
@@ -436,7 +357,7 @@ class MqttSink(Sink):
                 "entered_zones": [event.name] if region == "zone" else []}
 
     def _event_id(self, event) -> str:
-        return f"{self._run_id}-{_ident(event.name)}-{event.track_id}-{event.seq}"
+        return f"{self._run_id}-{safe_id(event.name)}-{event.track_id}-{event.seq}"
 
     def _event(self, event) -> None:
         point = (event.x, event.y)
@@ -536,47 +457,18 @@ class MqttSink(Sink):
         """The Home Assistant discovery configs not yet sent since the last connect."""
         if not self.discovery_prefix:
             return []
-        device = {"identifiers": [self._node], "name": f"edgekit {self.camera}", "manufacturer": "edgekit",
-                  "model": self.model or "SSD detector"}
-        if self._version:
-            device["sw_version"] = self._version
-        base = {"availability_topic": self.availability_topic, "payload_available": "online",
-                "payload_not_available": "offline", "device": device}
-        out = []
-
-        def add(component: str, object_id: str, config: dict) -> None:
-            topic = f"{self.discovery_prefix}/{component}/{self._node}/{_ident(object_id)}/config"
-            if topic not in self._discovered:
-                out.append((topic, dict(base, unique_id=f"{self._node}_{_ident(object_id)}", **config)))
-
-        add("sensor", "fps", {"name": "fps", "state_topic": self.stats_topic, "value_template": "{{ value_json.fps }}",
-                              "unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:speedometer"})
         with self._lock:
             keys = list(self._counts)
-            regions = list(self._regions.values())
-        words = {"zone": {"in": "entered", "out": "left"}, "line": {"in": "in", "out": "out"}}
-        for name, cls, direction in keys:
-            region = self._regions[name]
-            what = "all" if cls is None else cls
-            add("sensor", f"{region.name}_{what}_{direction}",
-                {"name": f"{region.name} {what} {words[region.kind][direction]}",
-                 "state_topic": self._count_topic(region, cls, direction), "state_class": "total_increasing",
-                 "icon": "mdi:counter"})
-        for region in regions:
-            if region.kind != "zone":
-                continue
-            topic = f"{self.prefix}/occupancy/{region.level}"
-            add("sensor", f"{region.name}_objects", {"name": f"{region.name} objects", "state_topic": topic,
-                                                     "state_class": "measurement", "icon": "mdi:account-group"})
-            add("binary_sensor", f"{region.name}_occupancy",
-                {"name": f"{region.name} occupancy", "state_topic": topic, "device_class": "occupancy",
-                 "value_template": "{{ 'ON' if value | int(0) > 0 else 'OFF' }}"})
-        return out
+            regions = dict(self._regions)
+        return discovery_configs(self.discovery_prefix, node=self._node, camera=self.camera, model=self.model,
+                                 version=self._version, availability_topic=self.availability_topic,
+                                 stats_topic=self.stats_topic, prefix=self.prefix, count_keys=keys,
+                                 regions=regions, count_topic=self._count_topic, sent=self._discovered)
 
     def _count_topic(self, region: _Region, cls: str | None, direction: str) -> str:
         if cls is None:
             return f"{self.prefix}/counts/{region.level}/{direction}"
-        return f"{self.prefix}/counts/{region.level}/{_level(cls)}/{direction}"
+        return f"{self.prefix}/counts/{region.level}/{topic_level(cls)}/{direction}"
 
     def _occupancy(self) -> dict[str, int]:
         """Objects inside each zone now: the Zones' own number when there is one (it counts objects
@@ -614,7 +506,7 @@ class MqttSink(Sink):
                     self._dirty = True
         for name, value in self._occupancy().items():
             if full or self._sent_occupancy.get(name) != value:
-                if self._publish(f"{self.prefix}/occupancy/{_level(name)}", str(value), retain=True, state=True):
+                if self._publish(f"{self.prefix}/occupancy/{topic_level(name)}", str(value), retain=True, state=True):
                     self._sent_occupancy[name] = value
 
     def _publish_stats(self) -> None:

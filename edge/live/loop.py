@@ -16,7 +16,6 @@ returns the summary.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -33,7 +32,8 @@ from edge.live.annotate import Annotator
 from edge.live.capture import Capture
 from edge.live.sinks import Sink, SinkError
 from edge.live.sources import Source
-from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, rss_slope
+from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, samples_slope
+from edge.signals import finish_frame_on_stop_signals
 
 RSS_SAMPLE_CAPACITY = 4096  # samples kept (a ring): 100-frame steps cover 400k frames
 WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (allocators and caches settle)
@@ -70,10 +70,7 @@ class RunSummary:
 
     def rss_slope(self, warmup_frames: int = WARMUP_FRAMES) -> float | None:
         """Least-squares RSS growth in bytes per frame after warm-up."""
-        points = [(f, r) for f, r in self.rss_samples if f >= warmup_frames]
-        if len(points) < 3:
-            return None
-        return rss_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+        return samples_slope(self.rss_samples, warmup_frames)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -169,24 +166,7 @@ class LiveLoop:
 
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT/SIGTERM/SIGHUP -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
-        previous = {}
-
-        def handler(signum, _frame):
-            name = signal.Signals(signum).name
-            if self._stop_event.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._log(f"{name}: finishing the current frame")
-            self.stop(name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                previous[sig] = signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
+        return finish_frame_on_stop_signals(self.stop, self._stop_event.is_set, self._log)
 
     def presize(self) -> None:
         """Allocate the frame-sized buffers now when the source knows its frame size (synthetic,

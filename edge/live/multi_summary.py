@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-from edge.memory import rss_slope
+from edge.memory import samples_slope
 
 WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (all cameras together)
 
@@ -61,10 +59,7 @@ class MultiSummary:
 
     def rss_slope(self, warmup_frames: int = WARMUP_FRAMES) -> float | None:
         """Least-squares RSS growth in bytes per frame (all cameras) after warm-up."""
-        points = [(f, r) for f, r in self.rss_samples if f >= warmup_frames]
-        if len(points) < 3:
-            return None
-        return rss_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+        return samples_slope(self.rss_samples, warmup_frames)
 
     def to_dict(self) -> dict:
         data = asdict(self)

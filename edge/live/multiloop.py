@@ -30,7 +30,6 @@ cameras file (``edge run --config``) and the cameras it builds: :mod:`edge.live.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera
 from edge.live.multi_summary import CameraSummary, MultiSummary
 from edge.live.sinks import Sink, SinkError
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes
+from edge.signals import finish_frame_on_stop_signals
 
 STOP_TIMEOUT = 2.0  # seconds, all cameras together, for capture threads to return at the end
 IDLE_WAIT = 0.05  # seconds the scheduler sleeps when no camera has a frame (a publish wakes it at once)
@@ -108,24 +108,7 @@ class MultiLoop:
 
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT/SIGTERM/SIGHUP -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
-        previous = {}
-
-        def handler(signum, _frame):
-            name = signal.Signals(signum).name
-            if self._stop_event.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._log(f"{name}: finishing the current frame")
-            self.stop(name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                previous[sig] = signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
+        return finish_frame_on_stop_signals(self.stop, self._stop_event.is_set, self._log)
 
     def presize(self) -> None:
         """Every camera's frame-sized buffers, before the first frame where the sources know their size."""

@@ -20,6 +20,8 @@ bounded:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import errno
 import hmac
 import json
@@ -35,6 +37,9 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from edge.errors import first_line
+
+if TYPE_CHECKING:  # the server this handler belongs to (imported by it, not the other way)
+    from edge.live.preview import PreviewServer
 
 LOG = logging.getLogger("edge.live.preview")  # the preview's one logger, whichever module logs
 BOUNDARY = "edgekitframe"

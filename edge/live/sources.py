@@ -22,7 +22,6 @@ files, streams, pipelines, images, the Pi camera) and :mod:`edge.live.synthetic`
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import threading
