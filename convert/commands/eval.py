@@ -12,6 +12,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edge.backends import RUNTIMES
+    from edge.commands._args import thread_count
+
     parser.add_argument("model", type=Path, help="detector .tflite (post-process op or raw SSD head)")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--voc", type=Path, help="VOC folder (Annotations/ + JPEGImages/, or XML beside images)")
@@ -19,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="image folder of --coco")
     parser.add_argument("--labels", type=Path, help="label file, one per line (default: the model's own labels)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
-    parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
-    parser.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"), help="TFLite runtime")
+    parser.add_argument("--threads", type=thread_count, help="interpreter threads (default: all cores)")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime (default: the first found)")
 
 
 def format_result(model: Path, dataset_name: str, result) -> str:
