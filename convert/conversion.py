@@ -38,6 +38,10 @@ from edge.provenance import package_versions
 CONVERT_DISTS = ("edgekit", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert")
 
 
+FORMAT_TFLITE, FORMAT_ONNX = "tflite", "onnx"
+FORMATS = (FORMAT_TFLITE, FORMAT_ONNX)
+
+
 class ValidationFailed(EdgeError):
     """The converted model lost more accuracy than ``--max-map-drop`` allows (no file written)."""
 
@@ -67,6 +71,7 @@ class ConvertOptions:
     num_threads: int | None = None
     seed: int = 0
     command: str | None = None  # for provenance
+    format: str = "tflite"  # "onnx": the float model as ONNX (convert.onnx_export), parity-gated
 
 
 class _Steps:
@@ -101,10 +106,12 @@ class Plan:
     steps: _Steps
     notes: list[str]
     started: float  # perf_counter at the start of the conversion
+    parity_images: list[Path] | None = None  # --format onnx: the images the parity gate runs on
+    parity_source: str | None = None  # where they come from, for the report
 
     @property
     def quantization(self) -> str:
-        if self.opts.float_model:
+        if self.opts.float_model or self.opts.format == FORMAT_ONNX:
             return "float32"
         if self.opts.qat:
             return "int8-pqat" if self.prune else "int8-qat"
@@ -137,8 +144,16 @@ class Built:
 def _check_options(opts: ConvertOptions) -> Path:
     opts.postprocess.validate()
     output = Path(opts.output)
-    if output.suffix.lower() != ".tflite":
-        raise EdgeError(f"-o {output}: the output must be a .tflite file")
+    if opts.format not in FORMATS:
+        raise EdgeError(f"--format {opts.format!r}: choose {' or '.join(FORMATS)}")
+    if output.suffix.lower() != f".{opts.format}":
+        raise EdgeError(f"-o {output}: the output must be a .{opts.format} file (--format {opts.format})")
+    if opts.format == FORMAT_ONNX:
+        if opts.qat:
+            raise EdgeError("--qat: --format onnx exports the float model; QAT applies to int8 TFLite only")
+        if opts.val is None and opts.coco is None and opts.calib is None:
+            raise EdgeError("--format onnx checks the export against the float TFLite model on images: "
+                            "pass --val DIR (or --coco ANN.json --images DIR) or --calib DIR")
     if output.parent.exists() and not output.parent.is_dir():
         raise EdgeError(f"-o {output}: {output.parent} is not a directory")
     if opts.max_map_drop is not None and opts.val is None and opts.coco is None:
@@ -186,6 +201,10 @@ def _validation_set(opts: ConvertOptions):
 
 
 def _wants_pruning(opts: ConvertOptions, source: Source, notes: list[str]) -> bool:
+    if opts.format == FORMAT_ONNX:
+        if opts.sparsity > 0.0 and source.trainable:
+            notes.append("pruning skipped: --format onnx exports the float model as trained")
+        return False
     if opts.sparsity > 0.0 and not source.trainable:
         notes.append(f"pruning skipped: a {source.kind} has no trainable weights to fine-tune")
     if opts.qat and not source.trainable:
@@ -224,13 +243,22 @@ def plan(opts: ConvertOptions, log: Callable[[str], None] = print) -> Plan:
     prune = _wants_pruning(opts, source, notes)
     train_set = _training_set(opts, source) if prune or opts.qat else None
     frames = None
-    if not opts.float_model:
+    parity_images, parity_source = None, None
+    if opts.format == FORMAT_ONNX:
+        if val_set is not None:
+            parity_images = [s.image_path for s in val_set.samples]
+            parity_source = f"the held-out set {opts.val or opts.coco}"
+        else:
+            parity_images = quantize.list_images(opts.calib)[:opts.calib_images]
+            parity_source = f"the calibration images --calib {opts.calib} (unlabelled: no mAP compared)"
+    elif not opts.float_model:
         paths = _calibration_paths(calib_paths, train_set, notes)
         height, width = source.head.input_size
         frames = steps.run("calibration images", lambda: quantize.load_calibration_frames(
             paths, height, width, opts.calib_images), lambda f: f"{len(f)} images via FrameBuffer")
     return Plan(opts=opts, output=output, source=source, prune=prune, train_set=train_set, frames=frames,
-                val_set=val_set, steps=steps, notes=notes, started=started)
+                val_set=val_set, steps=steps, notes=notes, started=started, parity_images=parity_images,
+                parity_source=parity_source)
 
 
 # ---------------------------------------------------------------- build
@@ -325,7 +353,15 @@ def build(plan: Plan, workdir: Path) -> Built:
     sparsity = {"target": opts.sparsity if plan.prune else 0.0, "achieved": pruning.sparsity if pruning else None,
                 "steps": opts.prune_steps if plan.prune else 0}
     info = _output_info(plan, provenance, sparsity, qat)
-    if plan.output_is_reference:
+    if opts.format == FORMAT_ONNX:
+        from convert import onnx_export
+
+        info.provenance = dict(onnx_export.onnx_provenance(info.provenance), calibration=None)
+        output = steps.run("export onnx", lambda: onnx_export.export_onnx(plan.source, info, opts.postprocess),
+                           lambda b: f"float32, opset {onnx_export.OPSET}, {len(b) / 1024:.0f} KiB")
+        models = {"float": atomic_write(workdir / "float.tflite", reference),
+                  "onnx": atomic_write(workdir / "output.onnx", output)}
+    elif plan.output_is_reference:
         output = embed_metadata(reference, info)
         models = {"output": atomic_write(workdir / "output.tflite", output)}
     else:
@@ -346,6 +382,12 @@ def _measure_model(plan: Plan, path: Path):
     from convert.evaluate import evaluate_tflite
 
     opts = plan.opts
+    if path.suffix.lower() == ".onnx":  # --format onnx: ONNX Runtime's CPU provider
+        from convert import onnx_export
+
+        stats = onnx_export.model_stats(path)
+        latency = onnx_export.measure_latency(path, runs=opts.latency_runs, num_threads=opts.num_threads)
+        return stats, latency, None  # its mAP comes from the parity run, on the CPU provider too
     stats = validate.model_stats(path)
     latency = validate.measure_latency(path, runs=opts.latency_runs, num_threads=opts.num_threads)
     evaluation = None
@@ -381,10 +423,20 @@ def measure(built: Built) -> dict:
         if latency.note and latency.note not in plan.notes:
             plan.notes.append(latency.note)
     output_name = list(built.models)[-1]
+    if plan.opts.format == FORMAT_ONNX:
+        from convert import onnx_export
+
+        report["format"] = FORMAT_ONNX
+        parity = plan.steps.run("parity", lambda: onnx_export.check_parity(
+            built.models["onnx"], built.models["float"], plan.parity_images, plan.parity_source, plan.val_set,
+            plan.opts.num_threads), lambda p: p.describe())
+        report["parity"] = parity.to_dict()
+        evaluations["onnx"] = parity.evaluation
+        report["models"]["onnx"]["eval"] = parity.evaluation.to_dict() if parity.evaluation else None
     report["input"] = report["models"][output_name]["stats"]["input"]
     if plan.val_set is None:
         plan.notes.append("mAP not measured: pass --val DIR or --coco ANN.json --images DIR")
-    elif "float" in evaluations:
+    elif "float" in evaluations and evaluations[output_name] is not None:
         ref, out = evaluations["float"], evaluations[output_name]
         report["map_drop"] = {"map50_points": round(100 * (ref.map50 - out.map50), 3),
                               "map_points": round(100 * (ref.map - out.map), 3)}
@@ -398,6 +450,10 @@ def publish(report: dict, model_bytes: bytes) -> Path:
     """The ``--max-map-drop`` gate, then the model and its report, each renamed into place; returns the model."""
     from convert.report import report_path
 
+    parity = report.get("parity")
+    if parity is not None and not parity["passed"]:
+        raise ValidationFailed(f"the ONNX export does not match the float TFLite model: {parity['failures'][0]} "
+                               f"({parity['compared']}); nothing written")
     drop, allowed = report["map_drop"], report["max_map_drop"]
     if allowed is not None and drop is not None and drop["map50_points"] > allowed:
         raise ValidationFailed(f"{report['quantization']} model loses {drop['map50_points']:.2f} mAP@0.5 points "

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge.commands._args import thread_count
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="training run directory (config.json + checkpoints), Keras model "
                         "file with config.json beside it, OD API frozen_inference_graph.pb, or TF2 SavedModel dir")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output .tflite (report: OUT.report.json)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output .tflite, or .onnx with --format onnx (report: OUT.report.json)")
+    parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite",
+                        help="tflite (default): int8 or float TFLite; onnx: the float model with box decoding and "
+                             "NMS in the graph, for ONNX Runtime (TensorRT, CUDA, CPU), checked against the float "
+                             "TFLite model on --val or --calib images (exit 3, nothing written, if they differ)")
     parser.add_argument("--calib", type=Path, help="calibration images for int8 (default: the --data images)")
     parser.add_argument("--calib-images", type=int, default=100, help="calibration images used (default 100)")
     parser.add_argument("--val", type=Path, help="held-out VOC folder (or a folder with one COCO .json) for mAP")
@@ -35,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nms", choices=("fast", "regular"), default="fast",
                         help="fast: one class-agnostic NMS (OD API default); regular: per-class NMS")
     parser.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch size (default 8)")
-    parser.add_argument("--threads", type=int, help="interpreter threads for validation (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, help="interpreter threads for validation (default: all cores)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -53,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             iou_threshold=args.iou_threshold, detections_per_class=args.detections_per_class,
             use_regular_nms=args.nms == "regular"),
         calib_images=args.calib_images, batch_size=args.batch_size, num_threads=args.threads,
-        command=command_line(),
+        command=command_line(), format=args.format,
     )
     convert(options)
     print(f"wrote {options.output} and {report_path(options.output)}")
