@@ -131,3 +131,35 @@ def test_convert_writes_model_and_report_and_inspect_reads_them(untrained_run, t
     frame = np.zeros((100, 100, 3), np.uint8)
     cv2.imwrite(str(tmp_path / "black.png"), frame)
     assert main(["detect", "--model", str(out), str(tmp_path / "black.png")]) == 0
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_mid_conversion_leaves_the_old_output_and_no_work_folder(untrained_run, tmp_path, signame):
+    """A conversion stopped by a signal never finishes and overwrites -o, and leaves no work folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run, shapes = untrained_run
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"the previous model")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "convert", str(run), "-o", str(out), "--calib",
+                             str(shapes), "--sparsity", "0"], cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not any(p.name.startswith("edge-convert-") for p in tmp.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the conversion never started its work folder"
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
+    assert out.read_bytes() == b"the previous model"
+    assert not [p for p in tmp.iterdir() if p.name.startswith("edge-convert-")], list(tmp.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "tmp"]
