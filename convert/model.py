@@ -14,15 +14,18 @@ Why these choices:
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from convert import pretrained
 from convert.config import SSDConfig
 from convert.tf import import_keras
 from edge.errors import EdgeError
 
+log = logging.getLogger(__name__)
 BOX_OUTPUT = "box_encodings"
 CLASS_OUTPUT = "class_logits"
 # Focal-loss prior (RetinaNet): foreground scores start near 0.01 so the many easy negatives do not
@@ -115,8 +118,11 @@ def set_batchnorm_momentum(model, momentum: float) -> None:
 def build_ssd(config: SSDConfig, backbone_weights: str | Path | None = "none"):
     """Build the detector for ``config``; returns an (uncompiled) tf-keras Functional model.
 
-    ``backbone_weights``: ``"none"`` (random init), ``"imagenet"`` (Keras download, needs internet)
-    or a path to a MobileNetV2 ``include_top=False`` weights file.
+    ``backbone_weights``: ``"none"`` (random init), ``"imagenet"`` (Keras download, needs internet),
+    or weights on disk, mapped by layer name and all-or-nothing by :mod:`convert.pretrained`: a Keras
+    MobileNetV2 weights file (.h5), or a TF OD API SSD MobileNetV2 export (frozen graph .pb, TF2
+    checkpoint / SavedModel; backbone and extra layers). ``pretrained.InitFrom(export)`` loads the
+    heads too. The load's :class:`convert.pretrained.LoadReport` is ``model.pretrained_report``.
     Input ``[B, S, S, 3]`` float32 normalised to [-1, 1] RGB; outputs ``box_encodings`` ``[B, A, 4]``
     and ``class_logits`` ``[B, A, num_classes + 1]`` (column 0 background), always float32.
     """
@@ -132,9 +138,11 @@ def build_ssd(config: SSDConfig, backbone_weights: str | Path | None = "none"):
     if len(sizes) < 2:
         raise EdgeError("anchors: at least 2 feature map layers are needed (strides 16 and 32)")
 
-    weights = None if backbone_weights in (None, "none", "") else str(backbone_weights)
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise EdgeError(f"--backbone-weights {weights}: no such file")
+    weights = None if backbone_weights in (None, "none", "") else backbone_weights
+    on_disk = None  # weights from a file or export: built random, then mapped by convert.pretrained
+    if weights is not None and weights != "imagenet":
+        on_disk, weights = weights, None
+        _pretrained_call(on_disk, lambda: pretrained.source_kind(getattr(on_disk, "path", on_disk)))
     size = arch.input_size
     inputs = keras.Input((size, size, 3), name="image", dtype="float32")
     backbone = _backbone(keras, inputs, arch.width, weights)
@@ -172,7 +180,20 @@ def build_ssd(config: SSDConfig, backbone_weights: str | Path | None = "none"):
         raise EdgeError(f"model predicts {num_anchors} boxes but the anchor config has "
                         f"{config.anchors.num_anchors}")
     _init_class_bias(model, per_location, columns)
+    if on_disk is not None:
+        model.pretrained_report = _pretrained_call(on_disk, lambda: pretrained.load_pretrained(model, on_disk))
+        log.info("%s", model.pretrained_report.describe())
     return model
+
+
+def _pretrained_call(source, call):
+    """Run a :mod:`convert.pretrained` call; its one-line errors name the option."""
+    option = "--init-from" if isinstance(source, pretrained.InitFrom) else "--backbone-weights"
+    try:
+        return call()
+    except EdgeError as exc:
+        text = str(exc)
+        raise EdgeError(text if text.startswith("--") else f"{option} {text}") from None
 
 
 def _init_class_bias(model, per_location: list[int], columns: int) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from convert import distributed
 from convert.checkpoints import TrainingCheckpoints, latest_checkpoint
 from convert.config import CONFIG_NAME, SSDConfig
 from convert.evaluate import evaluate_keras
@@ -94,18 +95,27 @@ def _main_thread() -> bool:
 
 
 @contextmanager
-def _checkpoint_on_interrupt(checkpoints: TrainingCheckpoints) -> Iterator[Callable[[], bool]]:
+def _checkpoint_on_interrupt(checkpoints: TrainingCheckpoints, strategy=None) -> Iterator[Callable[[], bool]]:
     """Ctrl-C or SIGTERM: the current step finishes, a checkpoint is saved, KeyboardInterrupt goes on.
 
     Yields ``stop_requested()``, true once SIGTERM arrived; the loop checks it after every step.
+    Several workers: SIGTERM on any stops all after the same step (a checkpoint is collective);
+    Ctrl-C stops this worker alone, without a checkpoint (the others could not join it).
     """
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum)) \
         if _main_thread() else None
+    stop = distributed.StopAgreement(strategy, lambda: bool(received))
     try:
-        yield lambda: bool(received)
+        yield stop
     except KeyboardInterrupt:
+        if not stop.agreed:
+            print("interrupted: this worker stopped without a checkpoint (the other workers stop as after a "
+                  "lost worker); continue from the last one with --resume on every worker")
+            raise
         path = checkpoints.save()
+        if not distributed.is_chief(strategy):  # its copy is temporary: the chief saved the same step
+            path = "the chief's checkpoint"
         print(f"interrupted: saved {path} at step {checkpoints.steps_done}; continue with --resume")
         raise
     finally:
@@ -182,7 +192,70 @@ def _build_model(config: SSDConfig, schedule: _Schedule, learning_rate: float, b
     return model, make_optimizer(learning_rate, schedule.total_steps, mixed_precision=mixed_precision)
 
 
+SMALL_BATCH = 16  # per replica: below it a pretrained backbone's BatchNorm keeps its statistics
+
+
+class _BackboneFreezing:
+    """``freeze_backbone_epochs`` and BatchNorm for small batches; the backbone is the MobileNetV2 trunk
+    (:func:`convert.pretrained.backbone_layer_names`), not the extra layers or heads.
+
+    - Epochs before ``freeze_backbone_epochs``: every backbone layer is ``trainable=False``. Its weights
+      stay as loaded and its BatchNorm layers run in inference mode (tf-keras normalises a
+      non-trainable BN with its moving statistics and leaves them alone), so the randomly initialised
+      extra layers and heads learn on stable features first instead of sending large early gradients
+      into the pretrained weights.
+    - From then on the backbone convs train. Its BatchNorm layers stay frozen (inference mode, gamma,
+      beta and statistics as loaded) when the backbone is pretrained and the batch per replica is below
+      :data:`SMALL_BATCH`: the mean and variance of a few images are noisy (batch-norm accuracy falls
+      off below ~16 per device), training-mode BN would normalise every batch by them, and a short run
+      would drag the moving averages away from statistics estimated on far more data. This is the usual
+      detection fine-tuning choice (the OD API's ``freeze_batchnorm``, Detectron's frozen BN). With 16 or
+      more per replica the backbone BN trains normally.
+    - A random backbone (``none``) has no statistics worth keeping: its BN always trains, and freezing
+      it is refused. BN of the extra layers and heads always trains.
+
+    The optimizer's slots are built for every variable before anything is frozen, so unfreezing (and
+    resuming in either phase) finds them; the train step is traced again whenever the flags change.
+    """
+
+    def __init__(self, model, optimizer, strategy, backbone_weights, freeze_epochs: int, batch_per_replica: int):
+        from convert.pretrained import backbone_layer_names
+
+        pretrained = backbone_weights not in (None, "none", "")
+        if freeze_epochs < 0:
+            raise EdgeError(f"--freeze-backbone-epochs {freeze_epochs}: must be 0 or more")
+        if freeze_epochs and not pretrained:
+            raise EdgeError(f"--freeze-backbone-epochs {freeze_epochs}: needs pretrained --backbone-weights "
+                            "(a frozen random backbone would stay random)")
+        self.freeze_epochs = int(freeze_epochs)
+        self.freeze_bn = pretrained and batch_per_replica < SMALL_BATCH
+        self.active = bool(self.freeze_epochs or self.freeze_bn)
+        self.state = None
+        by_name = {layer.name: layer for layer in model.layers}
+        self.layers = [(by_name[name], kind == "bn") for name, kind, _ in backbone_layer_names()]
+        if self.active:
+            with strategy.scope():
+                optimizer.build(model.trainable_variables)
+
+    def apply(self, epoch: int) -> bool:
+        """Set the flags for ``epoch`` (0-based); True when they changed (trace the step again)."""
+        state = (epoch < self.freeze_epochs, self.freeze_bn)
+        if not self.active or state == self.state:
+            return False
+        for layer, is_bn in self.layers:
+            layer.trainable = not (state[0] or (is_bn and state[1]))
+        self.state = state
+        return True
+
+    def describe(self) -> str:
+        if not self.active:
+            return "trainable"
+        return "frozen" if self.state[0] else "trainable, BN frozen" if self.freeze_bn else "trainable"
+
+
 def _batches(pipeline: InputPipeline, strategy, batch_size: int, seed: int):
+    if distributed.is_multi_worker(strategy):  # batch_size is global; each worker reads its own shard
+        return iter(distributed.distribute_batches(strategy, pipeline, batch_size, seed))
     data = pipeline.training_dataset(batch_size, seed=seed)
     if strategy.num_replicas_in_sync > 1:
         data = strategy.experimental_distribute_dataset(data)
@@ -195,19 +268,21 @@ def _record_final(config: SSDConfig, run_dir: Path, steps: int, val_result: MapR
     config.save(run_dir)
 
 
+@distributed.chief_writes  # several workers: the others' run_dir is a temporary folder, removed after
 def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DEFAULT_BATCH_SIZE,
           steps_per_epoch: int | None = None, val_dataset=None, seed: int = 0, *,
           learning_rate: float = 2e-3, loss: LossConfig | None = None, backbone_weights="none",
           resume: bool = False, checkpoint_every: int | None = None, keep_checkpoints: int = 3,
           augment: bool = True, verbose: int = 1, strategy=None, mixed_precision: bool = False,
-          val_batch_size: int = 16, workers: int = 2) -> TrainResult:
+          val_batch_size: int = 16, workers: int = 2, freeze_backbone_epochs: int = 0) -> TrainResult:
     """Train ``config``'s SSD on ``dataset``; checkpoints and config.json go to ``run_dir``.
 
     ``steps_per_epoch`` defaults to one pass over the data. ``checkpoint_every`` (steps) adds
     checkpoints inside an epoch so a killed run loses little; one is always written at each epoch's
     end and on Ctrl-C / SIGTERM. ``resume=True`` continues from the latest checkpoint in ``run_dir``
     (its config.json must describe the same model); ``resume=False`` refuses a run_dir that already
-    has checkpoints rather than overwrite them.
+    has checkpoints rather than overwrite them. ``freeze_backbone_epochs`` and the BatchNorm policy
+    for pretrained backbones: :class:`_BackboneFreezing`.
     """
     tf = import_tensorflow()
     loss = loss or LossConfig()
@@ -223,18 +298,27 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     with strategy.scope():
         model, optimizer = _build_model(config, schedule, learning_rate, backbone_weights, mixed_precision)
         checkpoints = TrainingCheckpoints(model, optimizer, run_dir, keep_checkpoints)
+        distributed.build_optimizer(strategy, model, optimizer)
     history = _resume(checkpoints, run_dir, verbose) if resume and checkpoints.latest else []
+    distributed.sync_from_chief(strategy, checkpoints, verbose)  # several workers: all start from the chief's state
     resumed_from = checkpoints.steps_done
+    freezing = _BackboneFreezing(model, optimizer, strategy, backbone_weights, freeze_backbone_epochs,
+                                 batch_size // strategy.num_replicas_in_sync)
+    if verbose and getattr(model, "pretrained_report", None) is not None:
+        print(model.pretrained_report.describe())
 
-    pipeline = InputPipeline(dataset, config, augment=augment, parallel=workers)
+    pipeline = InputPipeline(distributed.worker_shard(dataset, strategy), config, augment=augment, parallel=workers)
     # Resumed runs reshuffle differently (seed + step) rather than replay the same batches.
     batches = _batches(pipeline, strategy, batch_size, seed + checkpoints.steps_done)
     train_step = make_train_step(model, optimizer, loss, strategy)
     step_times: list[float] = []
     val_result: MapResult | None = None
-    with _checkpoint_on_interrupt(checkpoints) as stop_requested:
+    with _checkpoint_on_interrupt(checkpoints, strategy) as stop_requested:
         while checkpoints.steps_done < schedule.total_steps:
+            if freezing.apply(checkpoints.steps_done // schedule.steps_per_epoch):
+                train_step = make_train_step(model, optimizer, loss, strategy)
             record = _train_epoch(checkpoints, train_step, batches, schedule, step_times, stop_requested, verbose)
+            record["backbone"] = freezing.describe()
             checkpoints.save()
             if val_dataset is not None:
                 val_result = evaluate_keras(model, config, val_dataset, val_batch_size)

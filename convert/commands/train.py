@@ -32,8 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, warm-up + cosine)")
     parser.add_argument("--loss", choices=("focal", "hard_negatives"), default="focal",
                         help="class loss: sigmoid focal, or softmax CE with 3:1 hard-negative mining")
-    parser.add_argument("--backbone-weights", default="imagenet",
-                        help="imagenet (downloads through Keras), a weights file, or none (default imagenet)")
+    # Pretrained weights on disk (convert.pretrained) and the freezing policy (convert.train._BackboneFreezing).
+    parser.add_argument("--backbone-weights", default=None, metavar="imagenet|none|PATH",
+                        help="imagenet (downloads through Keras), none, a Keras MobileNetV2 weights file (.h5), "
+                             "or a TF OD API SSD MobileNetV2 export (frozen graph .pb, TF2 checkpoint or "
+                             "SavedModel; needs --width 1.0), mapped by layer name and checked (default imagenet)")
+    parser.add_argument("--init-from", default=None, metavar="EXPORT",
+                        help="an OD API SSDLite MobileNetV2 frozen graph: backbone, extra layers and box/class "
+                             "heads from it (same number of classes; --width 1.0, no --fpn)")
+    parser.add_argument("--freeze-backbone-epochs", type=int, default=0, metavar="N",
+                        help="keep the pretrained backbone frozen (BatchNorm in inference mode) for the first N "
+                             "epochs, then train it; its BatchNorm stays frozen for batches under 16 (default 0)")
     parser.add_argument("--no-augment", action="store_true", help="no crop/flip/colour augmentation")
     parser.add_argument("--no-memory-growth", action="store_true",
                         help="let TensorFlow map all GPU memory up front (its default; not recommended)")
@@ -46,6 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel image readers (default 2)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    # Several machines (MultiWorkerMirroredStrategy): see convert.distributed.
+    parser.add_argument("--cluster", default=None, metavar="HOST:PORT,...",
+                        help="train on several machines: every worker's host:port, the same list on all "
+                             "(default: a TF_CONFIG environment variable, else this machine alone); "
+                             "--batch-size is then per worker")
+    parser.add_argument("--task-index", type=int, default=None, metavar="I",
+                        help="this worker's place in --cluster (0 = the chief, which writes --out)")
+    parser.add_argument("--worker-timeout", type=float, default=None, metavar="S",
+                        help="a worker that dies or cannot be reached (or does not join at start) stops the "
+                             "others after S seconds (default 60)")
 
 
 def _parse_batch_size(value: str) -> int | None:
@@ -99,7 +118,56 @@ def _check_train_paths(args: argparse.Namespace) -> None:
 
     weights = args.backbone_weights if args.backbone_weights not in ("imagenet", "none") else None
     check_paths([("--data", args.data), ("--val-data", args.val_data), ("--images-dir", args.images_dir),
-                 ("--backbone-weights", weights)], [("--out", Path(args.out), FOLDER)])
+                 ("--backbone-weights", weights), ("--init-from", args.init_from)],
+                [("--out", Path(args.out), FOLDER)])
+
+
+def _cluster(args: argparse.Namespace):
+    """``(Cluster or None, convert.distributed)`` from --cluster/--task-index or TF_CONFIG, checked."""
+    import os
+
+    from convert import distributed
+
+    cluster = distributed.resolve_cluster(args.cluster, args.task_index)
+    args.worker_timeout = distributed.check_worker_timeout(
+        distributed.DEFAULT_WORKER_TIMEOUT if args.worker_timeout is None else args.worker_timeout)
+    if cluster is not None:
+        if args.cluster and os.environ.get("TF_CONFIG"):
+            print("--cluster given: the TF_CONFIG environment variable is ignored")
+        if not getattr(args, "debug", False):  # a lost worker is one EdgeError line, not pages of gRPC logs
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return cluster, distributed
+
+
+def _pretrained_options(args: argparse.Namespace) -> None:
+    """--backbone-weights / --init-from / --freeze-backbone-epochs checked before any work;
+    ``args.backbone_weights`` becomes what :func:`convert.model.build_ssd` takes."""
+    from convert import pretrained
+
+    if args.freeze_backbone_epochs < 0:
+        raise EdgeError(f"--freeze-backbone-epochs {args.freeze_backbone_epochs}: must be 0 or more")
+    if args.init_from is not None:
+        if args.backbone_weights not in (None, args.init_from):
+            raise EdgeError(f"--init-from {args.init_from} loads the backbone too; drop --backbone-weights "
+                            f"{args.backbone_weights}")
+        if args.fpn:
+            raise EdgeError(f"--init-from {args.init_from}: the export's heads sit on SSDLite extra layers, "
+                            "not on FPN features; drop --fpn (or use --backbone-weights)")
+        kind = pretrained.source_kind(args.init_from)
+        if kind != "odapi_frozen":
+            raise EdgeError(f"--init-from {args.init_from}: heads are read from OD API frozen graphs (.pb) only "
+                            f"(this is {kind}); use --backbone-weights for the backbone alone")
+        args.backbone_weights = pretrained.InitFrom(args.init_from)
+    elif args.backbone_weights is None:
+        args.backbone_weights = "imagenet"
+    elif args.backbone_weights not in ("imagenet", "none"):
+        try:
+            pretrained.source_kind(args.backbone_weights)
+        except EdgeError as exc:
+            raise EdgeError(f"--backbone-weights {exc}") from None
+    if args.freeze_backbone_epochs >= args.epochs:
+        print(f"--freeze-backbone-epochs {args.freeze_backbone_epochs} >= --epochs {args.epochs}: "
+              "the backbone stays frozen for the whole run")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,6 +179,9 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise EdgeError(f"--epochs {args.epochs}: must be at least 1")
     _check_train_paths(args)
+    _pretrained_options(args)
+
+    cluster, workers = _cluster(args)
 
     # First TensorFlow contact of the process: GPU memory settings must come before anything else.
     from convert.gpu import configure_gpus, mirrored_strategy_if_needed
@@ -118,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
     setup = configure_gpus(memory_growth=not args.no_memory_growth, memory_limit_mb=args.memory_limit,
                            mixed_precision=args.mixed_precision)
     print(setup.describe())
+    multi_worker = workers.create_strategy(cluster, args.worker_timeout) if cluster else None
 
     from convert.config import SSDConfig
     from convert.losses import LossConfig
@@ -129,9 +201,17 @@ def main(args: argparse.Namespace) -> int:
     loss = LossConfig(classification=args.loss)
     if batch_size is None:
         batch_size = _auto_batch_size(config, train_set, loss, setup)
-    strategy = mirrored_strategy_if_needed()
-    if strategy.num_replicas_in_sync > 1:
-        print(f"MirroredStrategy over {strategy.num_replicas_in_sync} GPUs; global batch {batch_size}")
+    if multi_worker is not None:  # batch_size is per worker: the smallest one measured wins
+        strategy, per_worker = multi_worker, workers.agree_on_batch_size(multi_worker, batch_size, train_set, val)
+        if per_worker != batch_size:
+            print(f"batch size {per_worker} per worker: the smallest of the workers' ({batch_size} here)")
+        batch_size = per_worker * workers.num_workers(strategy)
+        print(workers.describe(strategy, per_worker))
+        config.training["workers"] = workers.num_workers(strategy)
+    else:
+        strategy = mirrored_strategy_if_needed()
+        if strategy.num_replicas_in_sync > 1:
+            print(f"MirroredStrategy over {strategy.num_replicas_in_sync} GPUs; global batch {batch_size}")
 
     try:
         result = train(config, train_set, args.out, epochs=args.epochs, batch_size=batch_size,
@@ -139,10 +219,17 @@ def main(args: argparse.Namespace) -> int:
                        learning_rate=args.lr, loss=loss, backbone_weights=args.backbone_weights,
                        resume=args.resume, checkpoint_every=args.checkpoint_every,
                        augment=not args.no_augment, verbose=2 if args.quiet else 1, strategy=strategy,
-                       mixed_precision=setup.mixed_precision, workers=args.workers)
+                       mixed_precision=setup.mixed_precision, workers=args.workers,
+                       freeze_backbone_epochs=args.freeze_backbone_epochs)
     except KeyboardInterrupt:
         return 130
+    except workers.LostWorker as exc:  # one line, then out: TensorFlow's teardown could block for minutes
+        if getattr(args, "debug", False):
+            raise
+        workers.exit_at_once(exc)
     summary = f"done: {result.steps} steps, checkpoint {result.checkpoint}"
+    if multi_worker is not None and not workers.is_chief(multi_worker):
+        summary = f"done: {result.steps} steps; the chief wrote the checkpoints"
     if result.val_map is not None:
         summary += f", val mAP@0.5 {result.val_map.map50:.3f} (mAP@[.5:.95] {result.val_map.map:.3f})"
     print(summary)

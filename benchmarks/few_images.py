@@ -1,0 +1,115 @@
+"""Few images: the same small training run from a random backbone and from a real OD API export.
+
+Writes ``--train-images`` / ``--val-images`` synthetic shape images (``edge data synth`` with photo
+backgrounds) at ``--input-size``, then trains twice with the same schedule through ``edge train`` as
+child processes, exactly as a user would: ``--backbone-weights none`` and ``--backbone-weights EXPORT``
+(an OD API SSDLite MobileNetV2 frozen graph: backbone and extra layers mapped and verified, heads new
+because the classes differ; ``--freeze-backbone-epochs`` applies to this run only). Both runs are
+width 1.0 (the export's). Reports validation mAP@0.5 after every epoch, and the time, as JSON.
+
+    python benchmarks/few_images.py --export ../shared/fixtures/odapi/ssdlite_mobilenet_v2_person_frozen.pb \\
+        --backgrounds ../shared/fixtures/images --out /tmp/few_images.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.files import atomic_write_json  # noqa: E402
+
+DEFAULT_EXPORT = ROOT.parent / "shared" / "fixtures" / "odapi" / "ssdlite_mobilenet_v2_person_frozen.pb"
+DEFAULT_BACKGROUNDS = ROOT.parent / "shared" / "fixtures" / "images"
+
+
+def run(cmd: list[str]) -> float:
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", default=str(DEFAULT_EXPORT), help="OD API SSD MobileNetV2 frozen graph")
+    ap.add_argument("--backgrounds", default=str(DEFAULT_BACKGROUNDS), help="photos to paste shapes on")
+    ap.add_argument("--work-dir", default="/tmp/edgekit_few_images")
+    ap.add_argument("--train-images", type=int, default=600)
+    ap.add_argument("--val-images", type=int, default=150)
+    ap.add_argument("--input-size", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps-per-epoch", type=int, default=25)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--freeze-backbone-epochs", type=int, default=1, help="for the pretrained run")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_images.json"))
+    args = ap.parse_args()
+
+    edge = [sys.executable, "-m", "edge.cli"]
+    work = Path(args.work_dir)
+    train_dir, val_dir = work / "train", work / "val"
+    size = str(args.input_size)
+    synth = [edge + ["data", "synth", "--out", str(train_dir), "--n", str(args.train_images), "--size", size,
+                     "--seed", "11", "--backgrounds", args.backgrounds],
+             edge + ["data", "synth", "--out", str(val_dir), "--n", str(args.val_images), "--size", size,
+                     "--seed", "12", "--backgrounds", args.backgrounds]]
+    if not (train_dir / "labels.txt").is_file() or not (val_dir / "labels.txt").is_file():
+        for cmd in synth:
+            run(cmd)
+    common = ["train", "--data", str(train_dir), "--val-data", str(val_dir), "--input-size", size,
+              "--width", "1.0", "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+              "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--quiet", "--workers", "1"]
+    runs = {
+        "none": ["--backbone-weights", "none"],
+        "odapi_export": ["--backbone-weights", args.export,
+                         "--freeze-backbone-epochs", str(args.freeze_backbone_epochs)],
+    }
+    results = {}
+    commands = []
+    for name, extra in runs.items():
+        run_dir = work / f"run_{name}"
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        cmd = edge + common + ["--out", str(run_dir)] + extra
+        commands.append(cmd)
+        seconds = run(cmd)
+        history = json.loads((run_dir / "history.json").read_text())["epochs"]
+        results[name] = {
+            "val_map50_per_epoch": [round(e.get("val_map50", 0.0), 4) for e in history],
+            "val_map_per_epoch": [round(e.get("val_map", 0.0), 4) for e in history],
+            "backbone_per_epoch": [e.get("backbone") for e in history],
+            "final_val_map50": history[-1].get("val_map50"), "final_val_map": history[-1].get("val_map"),
+            "train_seconds": round(seconds, 1),
+        }
+    result = {
+        "commands": [shlex.join(c).replace(sys.executable, "python") for c in synth + commands],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "train_images": args.train_images, "val_images": args.val_images, "input_size": args.input_size,
+        "width": 1.0, "batch_size": args.batch_size, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "images_seen": args.epochs * args.steps_per_epoch * args.batch_size,
+        "runs": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    print(f"{'backbone':>14} {'mAP@0.5 per epoch':<40} {'final':>6} {'seconds':>8}")
+    for name, r in results.items():
+        print(f"{name:>14} {' '.join(f'{v:.3f}' for v in r['val_map50_per_epoch']):<40} "
+              f"{r['final_val_map50']:>6.3f} {r['train_seconds']:>8.0f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
