@@ -59,8 +59,8 @@ def _values(dockerfile: Path, keyword: str) -> list[str]:
     return [rest for kw, rest in _instructions(dockerfile) if kw == keyword]
 
 
-def test_the_three_images_exist():
-    assert {p.name for p in DOCKERFILES} == {"pi.Dockerfile", "jetson.Dockerfile", "train.Dockerfile"}
+def test_the_four_images_exist():
+    assert {p.name for p in DOCKERFILES} == {"pi.Dockerfile", "jetson.Dockerfile", "jetson-onnx.Dockerfile", "train.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

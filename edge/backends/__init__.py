@@ -18,8 +18,11 @@ TFLITE_RUNTIMES = ("litert", "tflite-runtime", "tensorflow")
 ONNX_RUNTIMES = ("onnxruntime",)
 RUNTIMES = TFLITE_RUNTIMES + ONNX_RUNTIMES
 ONNX_SUFFIXES = (".onnx",)
-#: Options only the ONNX Runtime backend takes (``open_backend(..., providers=...)``).
-ONNX_OPTIONS = ("providers", "trt_cache_dir", "trt_fp16", "trt_int8", "calib")
+#: Options only the ONNX Runtime backend takes (``open_backend(..., providers=...)``), and the
+#: command-line flag of each (the error lines name what the user typed).
+ONNX_OPTION_FLAGS = {"providers": "--providers", "trt_cache_dir": "--trt-cache", "trt_fp16": "--trt-fp16",
+                     "trt_int8": "--trt-int8", "calib": "--calib"}
+ONNX_OPTIONS = tuple(ONNX_OPTION_FLAGS)
 
 
 def is_onnx(model_path: str | Path) -> bool:
@@ -48,10 +51,10 @@ def open_backend(model_path: str | Path, runtime: str | None = None, num_threads
         return OnnxRuntimeBackend(path, num_threads, **options)
     if onnx_model:
         raise EdgeError(f"--runtime {runtime}: {path} is an ONNX model; run it with --runtime onnxruntime")
-    onnx_only = sorted(k for k in options if k in ONNX_OPTIONS and options[k] not in (False, ()))
+    onnx_only = [k for k in ONNX_OPTIONS if k in options and options[k] not in (False, ())]
     if onnx_only:
-        raise EdgeError(f"{path}: {', '.join('--' + k.replace('_', '-') for k in onnx_only)} apply to .onnx models "
-                        "on ONNX Runtime only")
+        flags = ", ".join(ONNX_OPTION_FLAGS[k] for k in onnx_only)
+        raise EdgeError(f"{flags}: for .onnx models on ONNX Runtime only, and {path.name} is a TFLite model")
     options = {k: v for k, v in options.items() if k not in ONNX_OPTIONS}
     from edge.backends.tflite import TFLiteBackend
 

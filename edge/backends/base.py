@@ -41,18 +41,38 @@ class TensorSpec:
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize if self.shape else np.dtype(self.dtype).itemsize
 
 
+#: How the start-up lines name a device (``BackendInfo.device``).
+DEVICE_LABELS = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
+
+
 @dataclass(frozen=True)
 class BackendInfo:
-    """The engine that runs a model, for the start-up line and reports."""
+    """The engine that runs a model, for the start-up line and reports.
+
+    ``warnings``: things that went other than asked (a requested provider missing, so a fallback
+    runs), said once at start; ``fallback`` is the short form of the same for the start line.
+    """
 
     name: str  # e.g. "litert", "tflite-runtime", "onnxruntime"
     version: str
     num_threads: int
     note: str | None = None  # something the user should see (a slow runtime)
     device: str = "cpu"
+    warnings: tuple[str, ...] = ()
+    fallback: str | None = None  # e.g. "cuda not available": shown beside the device
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device == "cpu"
+
+    @property
+    def device_label(self) -> str:
+        return DEVICE_LABELS.get(self.device, self.device)
 
     def describe(self) -> str:
-        where = "" if self.device == "cpu" else f" on {self.device}"
+        where = "" if self.on_cpu and not self.fallback else f" on {self.device}"
+        if self.fallback:
+            where += f" ({self.fallback})"
         return f"{self.name} {self.version}{where}, {self.num_threads} thread(s)"
 
 

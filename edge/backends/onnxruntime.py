@@ -88,11 +88,29 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return names
 
 
-def choose_providers(requested, available) -> tuple[list[str], list[str]]:
-    """``(names to use, notes)`` for the ``requested`` names (None: every installed one, best first).
+def available_text(available) -> str:
+    """What this machine's ONNX Runtime offers, in ``--providers`` names where it has them."""
+    ours = [n for n in PREFERENCE if PROVIDERS[n] in set(available)]
+    if ours:
+        return f"available here: {','.join(ours)}"
+    return f"ONNX Runtime here offers {', '.join(sorted(available)) or 'no provider'}"
 
-    A requested provider that is not installed is skipped with a note when others in the list are
-    installed, and is an EdgeError (naming what is missing and how to install it) when none is.
+
+def installed_providers() -> list[str]:
+    """``onnxruntime.get_available_providers()``, or [] when ONNX Runtime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+def choose_providers(requested, available) -> tuple[list[str], list[str]]:
+    """``(names to use, fallback warnings)`` for the ``requested`` names (None: every installed one, best first).
+
+    A requested provider that is not installed is skipped with a warning when a later one in the
+    list is installed (the list is the user's fallback order), and is an EdgeError (naming what is
+    missing, what is available and how to install it) when none is.
     """
     available = set(available)
     if requested is None:
@@ -105,9 +123,12 @@ def choose_providers(requested, available) -> tuple[list[str], list[str]]:
     missing = [n for n in names if PROVIDERS[n] not in available]
     chosen = [n for n in names if n not in missing]
     if not chosen:
-        raise EdgeError(f"--providers {','.join(names)}: {PROVIDERS[missing[0]]} is not installed; install "
-                        f"{INSTALL_HINTS[missing[0]]} (or allow a fallback, e.g. --providers {','.join(names)},cpu)")
-    notes = [f"{PROVIDERS[n]} is not installed ({INSTALL_HINTS[n]}); using {','.join(chosen)}" for n in missing]
+        fallback = "" if "cpu" in names else f" (or allow a fallback, e.g. --providers {','.join(names)},cpu)"
+        raise EdgeError(f"--providers {','.join(names)}: {PROVIDERS[missing[0]]} is not installed on this machine "
+                        f"({available_text(available)}); install {INSTALL_HINTS[missing[0]]}{fallback}")
+    notes = [f"--providers {','.join(names)}: {PROVIDERS[n]} is not installed on this machine "
+             f"({available_text(available)}); falling back to {','.join(chosen)} (to get it: {INSTALL_HINTS[n]})"
+             for n in missing]
     return chosen, notes
 
 
@@ -320,19 +341,27 @@ class OnnxRuntimeBackend(Backend):
         threads = num_threads or usable_cores()
         if threads < 1:
             raise EdgeError(f"--threads {num_threads}: must be at least 1")
-        names, notes = choose_providers(providers, ort.get_available_providers())
+        requested = None if providers is None else parse_providers(
+            providers if isinstance(providers, str) else ",".join(providers))
+        available = ort.get_available_providers()
+        names, warnings = choose_providers(requested, available)
+        notes: list[str] = []
         provider_options = [{} for _ in names]
         if "tensorrt" in names:
             cache = Path(trt_cache_dir) if trt_cache_dir else default_trt_cache(self.model_path)
             provider_options[names.index("tensorrt")] = self._tensorrt_setup(cache, trt_fp16, trt_int8, calib, notes)
-        elif trt_fp16 or trt_int8 or trt_cache_dir:
-            notes.append("TensorRT options ignored: the tensorrt provider is not in use")
+        elif trt_fp16 or trt_int8 or trt_cache_dir or calib:
+            warnings.append(f"TensorRT options ignored: the tensorrt provider is not in use "
+                            f"({available_text(available)})")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
-        self.options = {"providers": tuple(names), "trt_cache_dir": trt_cache_dir, "trt_fp16": trt_fp16,
+        # What it was opened with, as given: reopening with these (other thread counts) makes the same session.
+        self.options = {"providers": requested, "trt_cache_dir": trt_cache_dir, "trt_fp16": trt_fp16,
                         "trt_int8": trt_int8, "calib": calib}
+        #: ``{ONNX Runtime provider name: options}`` as passed to the session, in preference order.
+        self.requested_provider_options = {PROVIDERS[n]: dict(o) for n, o in zip(names, provider_options)}
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=[PROVIDERS[n] for n in names],
                                                 provider_options=provider_options)
@@ -342,10 +371,14 @@ class OnnxRuntimeBackend(Backend):
         for name in names:
             if name not in active:  # installed but failed to start (no GPU, driver or library)
                 if not active:
-                    raise EdgeError(f"--providers {','.join(names)}: ONNX Runtime could not start {PROVIDERS[name]}")
-                notes.append(f"{PROVIDERS[name]} is installed but did not start (no GPU or a missing library); "
-                             f"using {','.join(active)}")
+                    raise EdgeError(f"--providers {','.join(names)}: ONNX Runtime could not start {PROVIDERS[name]} "
+                                    f"(no GPU or a missing library; {available_text(available)})")
+                warnings.append(f"{PROVIDERS[name]} is installed but did not start (no GPU or a missing library); "
+                                f"falling back to {','.join(active)}")
         self.providers = active
+        wanted = requested or tuple(names)
+        unused = [n for n in wanted if n not in active]
+        fallback = f"{','.join(unused)} not available" if unused and active[0] != wanted[0] else None
         self._metadata = self.session.get_modelmeta().custom_metadata_map or {}
         self._info_cache: tuple[ModelInfo | None] | None = None
         try:
@@ -355,11 +388,17 @@ class OnnxRuntimeBackend(Backend):
         self.operators = scanned["operators"]
         self.opsets = scanned["opsets"]
         self._weights_bytes = scanned["weights_bytes"]
-        self.info = BackendInfo("onnxruntime", ort.__version__, threads, "; ".join(notes) or None, active[0])
+        self.info = BackendInfo("onnxruntime", ort.__version__, threads, "; ".join(notes) or None, active[0],
+                                tuple(warnings), fallback)
         # A RunOptions made once: with None, every run makes (and keeps part of) a default one.
         self._run_options = ort.RunOptions()
         self._bind()
         self._setup_state()
+
+    @property
+    def provider_options(self) -> dict[str, dict]:
+        """``{provider: options}`` the session runs with (ONNX Runtime's own view, values as strings)."""
+        return self.session.get_provider_options()
 
     def _tensorrt_setup(self, cache: Path, fp16: bool, int8: bool, calib, notes: list[str]) -> dict:
         try:

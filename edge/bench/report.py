@@ -107,6 +107,8 @@ def threads_text(r: dict) -> str:
     if base and base.get("fps_by_threads"):
         measured = ", ".join(f"{n}: {fps:.1f} fps" for n, fps in base["fps_by_threads"].items())
         text += f"; usual at its best, {base['threads']} thread(s) ({measured})"
+    if rt.get("threads_not_tuned"):
+        text += f" (not tuned, {rt['threads_not_tuned']})"
     if rt.get("bare_threads"):
         text += f"; bare invoke() {rt['bare_threads']} thread(s)"
     return text
@@ -114,7 +116,10 @@ def threads_text(r: dict) -> str:
 
 def _model_lines(r: dict) -> list[str]:
     rt, ratios = r["runtime"], r["ratios"]
-    lines = [f"{r['model_name']}: {rt['name']} {rt['version']}; {r['head']} head, "
+    device = rt.get("device") or "cpu"
+    where = "" if device == "cpu" and not rt.get("fallback") else f" on {device}"
+    where += f" ({rt['fallback']})" if rt.get("fallback") else ""
+    lines = [f"{r['model_name']}: {rt['name']} {rt['version']}{where}; {r['head']} head, "
              f"input {r['input_size'][1]}x{r['input_size'][0]}", f"  threads: {threads_text(r)}"]
     ours = f"  ours: {fmt_ratio(ratios['ours_fps_over_bare_fps'])} the fps of bare invoke()"
     if r.get(BASELINE):
@@ -127,6 +132,8 @@ def _model_lines(r: dict) -> list[str]:
     lines.append(ours)
     if r.get("usual_skipped"):
         lines.append(f"  usual pipeline skipped: {r['usual_skipped']}")
+    for warning in rt.get("warnings") or ():
+        lines.append(f"  warning: {warning}")
     if rt.get("note"):
         lines.append(f"  note: {rt['note']}")
     return lines

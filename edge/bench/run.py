@@ -164,9 +164,14 @@ def round_sizes(settings: BenchSettings) -> list[int]:
 
 def progress_total(settings: BenchSettings) -> int:
     """Frames the progress bar counts for every model (``settings`` resolved)."""
-    baselines = len(thread_plan(settings)) if settings.baseline else 0
-    traced = ((settings.traced_warmup or 0) + settings.traced_frames) * (2 if baselines else 1)
-    return ((settings.warmup + settings.frames) * (2 + baselines) + traced) * len(settings.models)
+    from edge.backends import is_onnx
+
+    total = 0
+    for model in settings.models:
+        baselines = len(thread_plan(settings)) if settings.baseline and not is_onnx(model) else 0
+        traced = ((settings.traced_warmup or 0) + settings.traced_frames) * (2 if baselines else 1)
+        total += (settings.warmup + settings.frames) * (2 + baselines) + traced
+    return total
 
 
 # ---- one model ------------------------------------------------------------------------------------------
@@ -184,8 +189,11 @@ def thread_plan(settings: BenchSettings) -> list[int]:
 
 
 def tune_threads(detector, loop, candidates: list[int], progress: Progress) -> dict | None:
-    """Let :class:`~edge.detector.threads.ThreadTuner` pick ours' thread count on ``loop``'s frames."""
-    if len(candidates) < 2:
+    """Let :class:`~edge.detector.threads.ThreadTuner` pick ours' thread count on ``loop``'s frames
+    (not on a GPU, where the CPU threads hardly matter: see :func:`~edge.detector.threads.untuned_reason`)."""
+    from edge.detector.threads import untuned_reason
+
+    if len(candidates) < 2 or untuned_reason(detector.runtime_info):
         return None
     from edge.detector.threads import ThreadTuner
 
@@ -208,17 +216,22 @@ def load_measured(model: Path, settings: BenchSettings, threads: int | None = No
     """
     from edge.backends import open_backend
 
+    runtime, options = settings.model_runtime(model)
     rss_before = rss_bytes()
-    backend = open_backend(model, settings.runtime, threads)
+    backend = open_backend(model, runtime, threads, **options)
     return backend, {"rss_load_bytes": rss_bytes() - rss_before, **backend.memory()}
 
 
 def open_baseline(detector, settings: BenchSettings, threads: int):
     """``(baseline pipeline or None, why it was skipped or None)`` for ``detector``'s model."""
+    from edge.backends import is_onnx
     from edge.contract.modelinfo import HEAD_POSTPROCESS
 
     if not settings.baseline:
         return None, None
+    if is_onnx(detector.model_path):
+        return None, (f"the usual-pipeline baseline is TFLite-only (it is the TFLite examples' per-frame code on a "
+                      f"TFLite interpreter); {detector.model_path.name} is compared with bare invoke() only")
     if detector.head != HEAD_POSTPROCESS:
         return None, (f"the usual-pipeline baseline needs a TFLite_Detection_PostProcess model "
                       f"({detector.model_path.name} has a {detector.head} head)")
@@ -275,16 +288,19 @@ def measure(detector, baselines: dict[int, object], bare_backend, candidates: li
 def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dict:
     """Every figure for one model; ``settings`` as :meth:`BenchSettings.resolved` returns them."""
     from edge.detector.detector import Detector
+    from edge.detector.threads import untuned_reason
 
     model = Path(model)
     candidates = thread_plan(settings)
     progress.describe(f"{model.name}: loading")
+    runtime, backend_options = settings.model_runtime(model)
     rss_start = rss_bytes()
     bare_backend, load_memory = load_measured(model, settings, candidates[0])
     rss_before = rss_bytes()
     detector = Detector(model, labels=settings.labels, score_threshold=settings.score_threshold,
-                        num_threads=candidates[0], runtime=settings.runtime)
+                        num_threads=candidates[0], runtime=runtime, backend_options=backend_options)
     rss_loaded = rss_bytes()
+    untuned = untuned_reason(detector.runtime_info) if len(candidates) > 1 else None
     baselines, skipped = {}, None
     for threads in candidates:
         baseline, skipped = open_baseline(detector, settings, threads)
@@ -295,7 +311,8 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
     result: dict = {"model": str(model), "model_name": model.name,
                     "runtime": {"name": info.name, "version": info.version, "threads": info.num_threads,
                                 "bare_threads": bare_backend.info.num_threads, "note": info.note,
-                                "threads_auto": tuning},
+                                "threads_auto": tuning, "device": info.device, "fallback": info.fallback,
+                                "warnings": list(info.warnings), "threads_not_tuned": untuned},
                     "interpreter_memory": load_memory, "head": detector.head, "input_size": list(detector.input_size)}
     if skipped:
         result["usual_skipped"] = skipped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edge.bench.memprofile import TRACED_WARMUP
@@ -28,14 +28,26 @@ class BenchSettings:
     rounds: int = 10  # timed frames of bare invoke, ours and the baseline alternate in this many rounds
     baseline: bool = True  # also run the usual pipeline (edge.bench.baseline)
     labels: Path | None = None
+    # ONNX Runtime's options (providers, TensorRT): for the .onnx models only; ``runtime`` is for the .tflite ones
+    backend_options: dict = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BenchSettings":
         """The settings ``edge bench``'s options give (see :mod:`edge.commands.bench`)."""
+        from edge.commands._args import onnx_options_from_args
+
         return cls(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
                    mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
                    score_threshold=args.score, rss_every=args.rss_every, traced_warmup=args.traced_warmup,
-                   rounds=args.rounds, baseline=not args.no_baseline, labels=args.labels)
+                   rounds=args.rounds, baseline=not args.no_baseline, labels=args.labels,
+                   backend_options=onnx_options_from_args(args, list(args.models)))
+
+    def model_runtime(self, model) -> tuple[str | None, dict]:
+        """``(runtime, backend options)`` for one model: ``runtime`` names a TFLite interpreter, so an
+        ``.onnx`` model runs on ONNX Runtime with the ONNX options, a ``.tflite`` one without them."""
+        from edge.backends import is_onnx
+
+        return (None, dict(self.backend_options)) if is_onnx(model) else (self.runtime, {})
 
     def validate(self) -> None:
         """Raise :class:`EdgeError` naming the first setting that cannot work."""
@@ -44,6 +56,11 @@ class BenchSettings:
         for model in self.models:
             if not Path(model).is_file():
                 raise EdgeError(f"{model}: no such model file")
+        from edge.backends import is_onnx
+
+        if self.runtime is not None and all(is_onnx(m) for m in self.models):
+            raise EdgeError(f"--runtime {self.runtime}: picks the TFLite runtime of .tflite models, and every MODEL "
+                            "here is .onnx (ONNX Runtime runs those; choose its providers with --providers)")
         minimum = {"frames": 2, "warmup": 0, "mem_frames": 1, "rss_every": 1, "traced_warmup": 0, "rounds": 1,
                    "threads": 1}
         for name, least in minimum.items():
@@ -69,4 +86,6 @@ class BenchSettings:
         data["models"] = [str(m) for m in self.models]
         data["labels"] = None if self.labels is None else str(self.labels)
         data["mem_frames"] = self.traced_frames
+        data["backend_options"] = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                                   for k, v in self.backend_options.items()}
         return data

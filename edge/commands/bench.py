@@ -1,4 +1,8 @@
-"""``edge bench MODEL...``: memory per frame and stage latency, ours vs the usual pipeline vs bare invoke()."""
+"""``edge bench MODEL...``: memory per frame and stage latency, ours vs the usual pipeline vs bare invoke().
+
+``.tflite`` and ``.onnx`` models side by side: the usual pipeline is the TFLite examples' code, so an
+``.onnx`` model is compared with bare ``invoke()`` only, and the report says so.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.backends import RUNTIMES
-from edge.commands._args import THREADS_AUTO, threads_or_auto, unit_interval
+from edge.backends import TFLITE_RUNTIMES
+from edge.commands._args import THREADS_AUTO, add_onnx_args, threads_or_auto, unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL",
-                        help=".tflite model(s); several give one comparison table (e.g. float vs int8 vs pruned)")
+                        help=".tflite or .onnx model(s); several give one comparison table (e.g. float vs int8 vs "
+                             "pruned, or the same model as .tflite and .onnx). The usual pipeline is TFLite-only: "
+                             ".onnx models are compared with bare invoke()")
     parser.add_argument("--source", default="synthetic",
                         help="frames to run on: video file (looped), folder, camera, stream or synthetic[:WxH] "
                              "(default: synthetic)")
@@ -27,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interpreter threads; auto (default): ours measures all cores against one left for "
                              "capture and keeps the faster end to end, as edge run does, the baseline runs at "
                              "each and its best is compared, bare invoke() uses all cores")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a TFLite runtime")
+    parser.add_argument("--runtime", choices=list(TFLITE_RUNTIMES),
+                        help="force the TFLite runtime of the .tflite models (ours, bare invoke() and the usual "
+                             "pipeline alike); .onnx models run on ONNX Runtime (see --providers)")
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
     parser.add_argument("--score", type=unit_interval, default=0.5, metavar="S", help="score threshold (default: 0.5)")
     parser.add_argument("--rss-every", type=int, default=10, help="sample RSS every N frames (default: 10)")
@@ -41,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a markdown report and PNG plots (matplotlib) into this directory")
     parser.add_argument("--name", default="bench", help="file name stem inside --report (default: bench)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_onnx_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:

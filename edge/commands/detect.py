@@ -54,7 +54,7 @@ def _outputs(out: Path, images: list[Path]) -> list[tuple[str, Path, str]]:
 def main(args: argparse.Namespace) -> int:
     import cv2
 
-    from edge.commands._args import detector_from_args
+    from edge.commands._args import detector_from_args, runtime_lines
     from edge.contract.labels import coco_category_offset
     from edge.contract.modelinfo import sidecar_path
     from edge.files import atomic_path, atomic_write_json, check_paths
@@ -74,8 +74,11 @@ def main(args: argparse.Namespace) -> int:
         check_paths(inputs, _outputs(args.out, images))
     detector = detector_from_args(args)
     print(f"# {detector.describe()}", flush=True)
-    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
-        print(f"# note: {note}")
+    for line in runtime_lines(detector.runtime_info) + [f"note: {note}" for note in detector.label_notes]:
+        if line.startswith("warning:"):  # stderr, so a fallback is seen even when stdout is parsed
+            print(f"edge detect: {line}", file=sys.stderr)
+        else:
+            print(f"# {line}")
     annotator = Annotator()
     coco = coco_category_offset(detector.labels)
     results, skipped = [], []

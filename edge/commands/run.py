@@ -208,8 +208,8 @@ def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.commands._args import THREADS_AUTO, detector_from_args
-    from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates
+    from edge.commands._args import THREADS_AUTO, detector_from_args, runtime_lines
+    from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates, untuned_reason
     from edge.live.loop import LiveLoop
     from edge.live.preview import parse_bind
     from edge.live.sources import open_source_waiting
@@ -261,8 +261,12 @@ def main(args: argparse.Namespace) -> int:
         args.score = min(args.track_low_score, high_score)
     detector = detector_from_args(args, threads=candidates[0] if candidates else None)
     _log(f"model {detector.describe()}")
-    for note in ([detector.runtime_info.note] if detector.runtime_info.note else []) + detector.label_notes:
-        _log(f"note: {note}")
+    for line in runtime_lines(detector.runtime_info) + [f"note: {note}" for note in detector.label_notes]:
+        _log(line)
+    untuned = untuned_reason(detector.runtime_info)
+    if untuned and candidates:
+        candidates = None
+        _log(f"threads: not tuned, {untuned}")
     if specs is not None:
         return _run_cameras(args, specs, detector, tracking, high_score)
     if candidates and len(candidates) > 1:

@@ -30,19 +30,26 @@ class Detector:
 
     ``score_threshold`` is applied on top of the model's own; boxes come back in frame pixels.
     ``backend`` is an already loaded :class:`~edge.backends.base.Backend` (else one is opened for
-    ``model_path`` with ``runtime`` and ``num_threads``).
+    ``model_path`` with ``runtime``, ``num_threads`` and ``backend_options``, the engine's own options
+    such as ONNX Runtime's ``providers`` and TensorRT settings; see :func:`edge.backends.open_backend`).
     """
 
     def __init__(self, model_path: str | Path | None = None, *, labels: str | Path | list[str] | None = None,
                  score_threshold: float = 0.5, num_threads: int | None = None, runtime: str | None = None,
                  resize: str | None = None, max_detections: int | None = None,
-                 info: ModelInfo | None = None, backend: Backend | None = None) -> None:
+                 info: ModelInfo | None = None, backend: Backend | None = None,
+                 backend_options: dict | None = None) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise EdgeError(f"--score {score_threshold}: must be between 0 and 1")
         self.score_threshold = float(score_threshold)
         if backend is None:
             path = Path(model_path) if model_path is not None else default_model_path()
-            backend = open_backend(path, runtime, num_threads)
+            backend = open_backend(path, runtime, num_threads, **(backend_options or {}))
+        elif backend_options is None:
+            backend_options = getattr(backend, "options", None)
+        # Kept for set_threads: a reopened engine must run where this one does (same providers,
+        # same TensorRT engine cache), not on the defaults.
+        self.backend_options = {k: v for k, v in (backend_options or {}).items() if v is not None}
         self.backend = backend
         self.model_path = backend.model_path
         self.info: ModelInfo | None = info or backend.model_info()
@@ -190,12 +197,13 @@ class Detector:
     def set_threads(self, num_threads: int) -> None:
         """Run on a fresh backend with ``num_threads`` (engines fix their thread count when loaded).
 
-        The model, its input geometry and its outputs stay as they are; recurrent state restarts at
-        zero. Used while the live loop measures which thread count is faster end to end.
+        The backend is opened with the same ``backend_options`` as the first. The model, its input
+        geometry and its outputs stay as they are; recurrent state restarts at zero. Used while the
+        live loop measures which thread count is faster end to end.
         """
         if num_threads == self.backend.info.num_threads:
             return
-        backend = open_backend(self.model_path, self.backend.info.name, num_threads)
+        backend = open_backend(self.model_path, self.backend.info.name, num_threads, **self.backend_options)
         by_index = {spec.index: spec for spec in backend.outputs}
         self.outputs = {role: by_index[spec.index] for role, spec in self.outputs.items()}
         self._views = {role: backend.view(spec) for role, spec in self.outputs.items()}

@@ -22,6 +22,17 @@ ROUNDS = 2  # candidates alternate this many times, so load from other processes
 TIE = 0.03  # periods within 3% are a tie: the one with fewer threads wins (less CPU, same speed)
 
 
+def untuned_reason(runtime_info) -> str | None:
+    """Why thread counts are not measured for this engine, or None when they are.
+
+    On a GPU (CUDA, TensorRT) the CPU threads only run the few nodes the GPU providers left over,
+    so measuring them would cost a model reload per candidate (a TensorRT engine load each) for nothing.
+    """
+    if getattr(runtime_info, "on_cpu", True):
+        return None
+    return f"running on {runtime_info.device_label}"
+
+
 def thread_candidates(cores: int | None = None) -> list[int]:
     """All usable cores, and one fewer (a core left for capture) where there are several."""
     cores = cores or usable_cores()
