@@ -2,7 +2,8 @@
 
 Uses the training stage's own pieces (:class:`convert.pipeline.InputPipeline`, the detection loss,
 :func:`convert.steps.make_train_step`), so a pruned or QAT model is tuned on exactly the objective
-it was trained with. Keras callbacks (TFMOT's ``UpdatePruningStep``) are driven by hand, the way
+it was trained with (plus distillation from a teacher, e.g. the unpruned model, when one is given:
+:mod:`convert.distill`). Keras callbacks (TFMOT's ``UpdatePruningStep``) are driven by hand, the way
 TFMOT documents for custom training loops.
 """
 
@@ -33,8 +34,13 @@ def _batch_norms(model):
 
 
 def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_rate: float = DEFAULT_FINE_TUNE_LR,
-                    seed: int = 0, log: Callable[[str], None] | None = None):
-    """``fine_tune(model, steps, callbacks)`` over ``dataset`` (a :class:`convert.data.Dataset`)."""
+                    seed: int = 0, log: Callable[[str], None] | None = None, teacher=None, distill=None):
+    """``fine_tune(model, steps, callbacks)`` over ``dataset`` (a :class:`convert.data.Dataset`).
+
+    ``teacher`` (a :class:`convert.distill.Teacher`, e.g. ``Teacher(unpruned, config, config)`` with a
+    copy of the model taken before pruning) adds its distillation terms to every step, weighted by
+    ``distill`` (a :class:`convert.distill.DistillConfig`, defaults when None).
+    """
     from convert.losses import LossConfig
     from convert.pipeline import InputPipeline
     from convert.steps import make_optimizer, make_train_step
@@ -52,7 +58,7 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
         pipeline = InputPipeline(dataset, config, augment=True)
         data = iter(pipeline.training_dataset(min(batch_size, len(dataset.samples)), seed=seed))
         optimizer = make_optimizer(learning_rate, steps, warmup_steps=0)
-        train_step = make_train_step(model, optimizer, loss)
+        train_step = make_train_step(model, optimizer, loss, teacher=teacher, distill=distill)
         for callback in callbacks:
             callback.set_model(model)
             callback.on_train_begin()

@@ -3,7 +3,8 @@
 :func:`make_optimizer` is Adam behind a warm-up + cosine schedule; :func:`make_train_step` compiles
 one step of the detection loss into a ``tf.function`` (replica-averaged under a distribution
 strategy, loss-scaled under mixed precision); :func:`search_batch_size` finds the largest batch
-such a step runs with on the GPU (``--batch-size auto``).
+such a step runs with on the GPU (``--batch-size auto``). With a teacher (:mod:`convert.distill`) the
+step adds the distillation terms to the detection loss.
 """
 
 from __future__ import annotations
@@ -28,20 +29,38 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int | N
     return optimizer
 
 
-def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None):
-    """A compiled step ``(images, targets) -> (total, box, class)`` losses, replica-averaged."""
+def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None, teacher=None, distill=None):
+    """A compiled step ``(images, targets) -> (total, box, class)`` losses, replica-averaged.
+
+    ``teacher``: a :class:`convert.distill.Teacher`; ``total`` then includes ``distill.weight`` times
+    the distillation terms (``distill`` defaults to :class:`convert.distill.DistillConfig`), while
+    ``box`` and ``class`` stay the detection terms, so ``total - box_weight * box - class`` is the
+    weighted distillation loss.
+    """
     tf = import_tensorflow()
     strategy = strategy or tf.distribute.get_strategy()
     keras = import_keras()
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     # Plain tensor maths: keep autograph out of it (and out of import_tensorflow's os.environ use).
     loss_fn = tf.autograph.experimental.do_not_convert(detection_loss)
+    if teacher is not None:
+        from convert.distill import DistillConfig, distillation_loss
+
+        distill = (distill or DistillConfig()).validate()
+        distill_fn = tf.autograph.experimental.do_not_convert(distillation_loss)
+        teacher_fn = tf.autograph.experimental.do_not_convert(teacher.targets)
 
     def replica_step(images, targets):
+        if teacher is not None:  # outside the tape: nothing of the teacher is differentiated
+            teacher_box, teacher_logits = teacher_fn(images)
         with tf.GradientTape() as tape:
             box_pred, class_logits = model(images, training=True)
             total, box_loss, class_loss = loss_fn(targets["box_targets"], targets["class_targets"],
                                                          box_pred, class_logits, loss_config)
+            if teacher is not None:
+                class_distill, box_distill = distill_fn(box_pred, class_logits, teacher_box, teacher_logits,
+                                                        distill, teacher.score_conversion, loss_config.huber_delta)
+                total = total + distill.weight * (class_distill + box_distill)
             # Each replica normalises by its own positives; averaging across replicas is the mean.
             loss = total / strategy.num_replicas_in_sync
             if scaled:
@@ -68,10 +87,11 @@ def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None):
 
 
 def search_batch_size(config, dataset, start: int = 4, max_batch: int = 256, steps: int = 3,
-                      loss: LossConfig | None = None, mixed_precision: bool = False):
+                      loss: LossConfig | None = None, mixed_precision: bool = False, teacher=None, distill=None):
     """``--batch-size auto``: largest batch that trains ``steps`` real steps without GPU OOM.
 
-    Uses a throwaway model and optimizer so the real run starts from clean weights.
+    Uses a throwaway model and optimizer so the real run starts from clean weights; a ``teacher``
+    (distillation) runs in the measured step too, since its activations share the memory.
     """
     import gc
 
@@ -81,7 +101,7 @@ def search_batch_size(config, dataset, start: int = 4, max_batch: int = 256, ste
 
     model = build_ssd(config)
     optimizer = make_optimizer(1e-4, 100, warmup_steps=0, mixed_precision=mixed_precision)
-    step = make_train_step(model, optimizer, loss or LossConfig())
+    step = make_train_step(model, optimizer, loss or LossConfig(), teacher=teacher, distill=distill)
     pipeline = InputPipeline(dataset, config, augment=False)
 
     def try_batch(size: int) -> None:

@@ -72,12 +72,19 @@ def _same_model(a: SSDConfig, b: SSDConfig) -> bool:
     return all(da[k] == db[k] for k in keys)
 
 
-def _check_run(config: SSDConfig, dataset, run_dir: Path, resume: bool, batch_size: int) -> None:
-    """Refuse, before anything is written, a run that would overwrite or mix up checkpoints."""
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A run directory with checkpoints is continued with ``resume`` or refused (before anything is
+    written into it, pseudo-labels included)."""
     existing = latest_checkpoint(run_dir)
     if existing and not resume:
         raise EdgeError(f"--out {run_dir}: already holds checkpoints ({Path(existing).name}); "
                         "pass --resume to continue it or choose a new run directory")
+
+
+def _check_run(config: SSDConfig, dataset, run_dir: Path, resume: bool, batch_size: int) -> None:
+    """Refuse, before anything is written, a run that would overwrite or mix up checkpoints."""
+    check_run_dir(run_dir, resume)
+    existing = latest_checkpoint(run_dir)
     if resume and existing and (run_dir / CONFIG_NAME).is_file():
         if not _same_model(SSDConfig.load(run_dir), config):
             raise EdgeError(f"--resume {run_dir}: its {CONFIG_NAME} describes a different model "
@@ -171,7 +178,7 @@ def _resume(checkpoints: TrainingCheckpoints, run_dir: Path, verbose: int) -> li
 
 def _record_settings(config: SSDConfig, run_dir: Path, schedule: _Schedule, batch_size: int, dataset,
                      val_dataset, *, learning_rate: float, loss: LossConfig, seed: int, backbone_weights,
-                     augment: bool) -> None:
+                     augment: bool, teacher=None, distill=None) -> None:
     """config.json first: even an interrupted run describes its model and how it was trained."""
     config.score_conversion = score_conversion_for(loss.classification)
     config.training.update({
@@ -180,6 +187,10 @@ def _record_settings(config: SSDConfig, run_dir: Path, schedule: _Schedule, batc
         "backbone_weights": str(backbone_weights), "train_images": len(dataset.samples),
         "val_images": len(val_dataset.samples) if val_dataset is not None else 0, "augment": augment,
     })
+    if teacher is not None:
+        config.training["distillation"] = {**teacher.describe(), "weight": distill.weight,
+                                           "temperature": distill.temperature,
+                                           "box_confidence": distill.box_confidence}
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir)
 
@@ -274,7 +285,8 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
           learning_rate: float = 2e-3, loss: LossConfig | None = None, backbone_weights="none",
           resume: bool = False, checkpoint_every: int | None = None, keep_checkpoints: int = 3,
           augment: bool = True, verbose: int = 1, strategy=None, mixed_precision: bool = False,
-          val_batch_size: int = 16, workers: int = 2, freeze_backbone_epochs: int = 0) -> TrainResult:
+          val_batch_size: int = 16, workers: int = 2, freeze_backbone_epochs: int = 0, teacher=None,
+          distill=None) -> TrainResult:
     """Train ``config``'s SSD on ``dataset``; checkpoints and config.json go to ``run_dir``.
 
     ``steps_per_epoch`` defaults to one pass over the data. ``checkpoint_every`` (steps) adds
@@ -282,17 +294,27 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     end and on Ctrl-C / SIGTERM. ``resume=True`` continues from the latest checkpoint in ``run_dir``
     (its config.json must describe the same model); ``resume=False`` refuses a run_dir that already
     has checkpoints rather than overwrite them. ``freeze_backbone_epochs`` and the BatchNorm policy
-    for pretrained backbones: :class:`_BackboneFreezing`.
+    for pretrained backbones: :class:`_BackboneFreezing`. ``teacher`` (a :class:`convert.distill.Teacher`
+    built for ``config``) adds distillation, weighted by ``distill`` (:class:`convert.distill.DistillConfig`);
+    config.training["distillation"] and each epoch's ``distill_loss`` record it.
     """
     tf = import_tensorflow()
     loss = loss or LossConfig()
     run_dir, batch_size = Path(run_dir), int(batch_size)
+    if teacher is not None:
+        from convert.distill import DistillConfig, check_compatible
+
+        distill = (distill or DistillConfig()).validate()
+        student = SSDConfig.from_dict(config.to_dict())
+        student.score_conversion = score_conversion_for(loss.classification)
+        check_compatible(teacher.config, student, f"--teacher {teacher.source}" if teacher.source else "teacher")
     _check_run(config, dataset, run_dir, resume, batch_size)
     per_epoch = int(steps_per_epoch or max(1, len(dataset.samples) // batch_size))
     schedule = _Schedule(int(epochs), per_epoch, int(checkpoint_every or per_epoch))
     import_keras().utils.set_random_seed(seed)
     _record_settings(config, run_dir, schedule, batch_size, dataset, val_dataset, learning_rate=learning_rate,
-                     loss=loss, seed=seed, backbone_weights=backbone_weights, augment=augment)
+                     loss=loss, seed=seed, backbone_weights=backbone_weights, augment=augment, teacher=teacher,
+                     distill=distill)
 
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
@@ -310,15 +332,17 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     pipeline = InputPipeline(distributed.worker_shard(dataset, strategy), config, augment=augment, parallel=workers)
     # Resumed runs reshuffle differently (seed + step) rather than replay the same batches.
     batches = _batches(pipeline, strategy, batch_size, seed + checkpoints.steps_done)
-    train_step = make_train_step(model, optimizer, loss, strategy)
+    train_step = make_train_step(model, optimizer, loss, strategy, teacher=teacher, distill=distill)
     step_times: list[float] = []
     val_result: MapResult | None = None
     with _checkpoint_on_interrupt(checkpoints, strategy) as stop_requested:
         while checkpoints.steps_done < schedule.total_steps:
             if freezing.apply(checkpoints.steps_done // schedule.steps_per_epoch):
-                train_step = make_train_step(model, optimizer, loss, strategy)
+                train_step = make_train_step(model, optimizer, loss, strategy, teacher=teacher, distill=distill)
             record = _train_epoch(checkpoints, train_step, batches, schedule, step_times, stop_requested, verbose)
             record["backbone"] = freezing.describe()
+            if teacher is not None:  # the step returns the detection terms apart; the rest is distillation
+                record["distill_loss"] = record["loss"] - loss.box_weight * record["box_loss"] - record["class_loss"]
             checkpoints.save()
             if val_dataset is not None:
                 val_result = evaluate_keras(model, config, val_dataset, val_batch_size)

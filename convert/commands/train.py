@@ -1,7 +1,9 @@
 """``edge train``: MobileNetV2 SSDLite on VOC / COCO / synthetic data into a run directory.
 
 GPU memory is configured before TensorFlow touches a GPU (growth by default, or a hard cap), so the
-job never grabs the whole card; several GPUs train under ``MirroredStrategy``.
+job never grabs the whole card; several GPUs train under ``MirroredStrategy``. ``--teacher RUN_DIR``
+distils a trained run into the new one (:mod:`convert.distill`); with it, ``--data`` may be a folder of
+images alone, labelled by the teacher first (:mod:`convert.data.pseudo`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-backbone-epochs", type=int, default=0, metavar="N",
                         help="keep the pretrained backbone frozen (BatchNorm in inference mode) for the first N "
                              "epochs, then train it; its BatchNorm stays frozen for batches under 16 (default 0)")
+    # Distillation (convert.distill); the defaults live in DistillConfig, None means "not given".
+    parser.add_argument("--teacher", default=None, metavar="RUN_DIR",
+                        help="distil from a trained run directory with the same labels and --loss (any input "
+                             "size or width; its anchors are matched to the student's by IoU); --data may then "
+                             "be a folder of unlabelled images, labelled by the teacher into OUT/pseudo_labels/")
+    parser.add_argument("--distill-weight", type=float, default=None, metavar="W",
+                        help="weight of the distillation terms against the ground-truth loss, >= 0 (default 1.0)")
+    parser.add_argument("--temperature", type=float, default=None, metavar="T",
+                        help="softening temperature of the teacher's class scores, > 0 (default 2.0)")
+    parser.add_argument("--pseudo-label-score", type=float, default=None, metavar="S",
+                        help="unlabelled --data: keep the teacher's detections scoring >= S after NMS "
+                             "(default 0.5)")
     parser.add_argument("--no-augment", action="store_true", help="no crop/flip/colour augmentation")
     parser.add_argument("--no-memory-growth", action="store_true",
                         help="let TensorFlow map all GPU memory up front (its default; not recommended)")
@@ -99,7 +113,72 @@ def _datasets(args: argparse.Namespace):
     return dataset, train_set, val
 
 
-def _auto_batch_size(config, train_set, loss, setup) -> int:
+def _distill_options(args: argparse.Namespace):
+    """--teacher and its options checked before any work (no TensorFlow); the DistillConfig or None."""
+    from convert.data.pseudo import DEFAULT_PSEUDO_LABEL_SCORE
+    from convert.distill import DistillConfig, check_teacher_dir
+
+    options = (("--distill-weight", args.distill_weight), ("--temperature", args.temperature),
+               ("--pseudo-label-score", args.pseudo_label_score))
+    if args.teacher is None:
+        given = next(((name, value) for name, value in options if value is not None), None)
+        if given:
+            raise EdgeError(f"{given[0]} {given[1]:g}: needs --teacher RUN_DIR (it only shapes distillation)")
+        return None
+    defaults = DistillConfig()
+    distill = DistillConfig(weight=defaults.weight if args.distill_weight is None else args.distill_weight,
+                            temperature=defaults.temperature if args.temperature is None else args.temperature)
+    distill.validate()
+    if args.pseudo_label_score is None:
+        args.pseudo_label_score = DEFAULT_PSEUDO_LABEL_SCORE
+    if not 0.0 < args.pseudo_label_score <= 1.0:
+        raise EdgeError(f"--pseudo-label-score {args.pseudo_label_score:g}: expected 0 < score <= 1")
+    check_teacher_dir(args.teacher)
+    return distill
+
+
+def _student_config(args: argparse.Namespace, labels):
+    from convert.config import SSDConfig
+    from convert.losses import score_conversion_for
+
+    config = SSDConfig.create(labels, input_size=args.input_size, width=args.width, fpn=args.fpn)
+    config.training["data"] = str(args.data)
+    # What train() records too; the teacher is checked against it before the run starts.
+    config.score_conversion = score_conversion_for(args.loss)
+    return config
+
+
+def _pseudo_labelled(args: argparse.Namespace):
+    """Images-only --data: ``(config, teacher, training set, validation set or None)``, the teacher's
+    detections written as VOC into OUT/pseudo_labels/ (only after every check has passed)."""
+    from convert.data import load_dataset
+    from convert.data.pseudo import PSEUDO_LABELS_DIR, write_pseudo_labels
+    from convert.distill import Teacher, check_teacher_dir
+    from convert.train import check_run_dir
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    config = _student_config(args, classes or check_teacher_dir(args.teacher).labels)
+    teacher = Teacher.from_run(args.teacher, config)
+    val = load_dataset(args.val_data, format=args.format, labels=config.labels) if args.val_data else None
+    out = Path(args.out)
+    check_run_dir(out, args.resume)
+    dataset, labelled = write_pseudo_labels(teacher, args.data, out / PSEUDO_LABELS_DIR,
+                                            score=args.pseudo_label_score)
+    print(labelled.describe())
+    if labelled.objects == 0:
+        print(f"the teacher found nothing scoring >= {args.pseudo_label_score:g}; training on distillation alone")
+    config.training["pseudo_labels"] = {"images": str(args.data), "dir": str(labelled.out_dir),
+                                        "score": args.pseudo_label_score, "labelled_images": labelled.images,
+                                        "objects": labelled.objects}
+    train_set = dataset
+    if val is None and args.val_split > 0:
+        train_set, val = dataset.split(args.val_split, seed=args.seed)
+        print("val mAP below measures agreement with the teacher's pseudo-labels")
+    print(f"train: {train_set.summary()}" + (f"; val: {val.summary()}" if val is not None else ""))
+    return config, teacher, train_set, val
+
+
+def _auto_batch_size(config, train_set, loss, setup, teacher=None, distill=None) -> int:
     """``--batch-size auto``: measured on the GPU, else the default."""
     from convert.steps import search_batch_size
     from convert.train import DEFAULT_BATCH_SIZE
@@ -107,7 +186,8 @@ def _auto_batch_size(config, train_set, loss, setup) -> int:
     if not setup.gpus:
         print(f"--batch-size auto needs a GPU to measure; using the default {DEFAULT_BATCH_SIZE}")
         return DEFAULT_BATCH_SIZE
-    search = search_batch_size(config, train_set, loss=loss, mixed_precision=setup.mixed_precision)
+    search = search_batch_size(config, train_set, loss=loss, mixed_precision=setup.mixed_precision,
+                               teacher=teacher, distill=distill)
     print(search.describe())
     return search.batch_size
 
@@ -118,7 +198,7 @@ def _check_train_paths(args: argparse.Namespace) -> None:
 
     weights = args.backbone_weights if args.backbone_weights not in ("imagenet", "none") else None
     check_paths([("--data", args.data), ("--val-data", args.val_data), ("--images-dir", args.images_dir),
-                 ("--backbone-weights", weights), ("--init-from", args.init_from)],
+                 ("--backbone-weights", weights), ("--init-from", args.init_from), ("--teacher", args.teacher)],
                 [("--out", Path(args.out), FOLDER)])
 
 
@@ -178,6 +258,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError(f"--val-split {args.val_split}: expected 0 <= fraction < 1")
     if args.epochs < 1:
         raise EdgeError(f"--epochs {args.epochs}: must be at least 1")
+    distill = _distill_options(args)
     _check_train_paths(args)
     _pretrained_options(args)
 
@@ -191,16 +272,27 @@ def main(args: argparse.Namespace) -> int:
     print(setup.describe())
     multi_worker = workers.create_strategy(cluster, args.worker_timeout) if cluster else None
 
-    from convert.config import SSDConfig
+    from convert.data.pseudo import images_only
     from convert.losses import LossConfig
     from convert.train import train
 
-    dataset, train_set, val = _datasets(args)
-    config = SSDConfig.create(dataset.labels, input_size=args.input_size, width=args.width, fpn=args.fpn)
-    config.training["data"] = str(args.data)
+    teacher = None
+    if args.teacher is not None and images_only(args.data):
+        config, teacher, train_set, val = _pseudo_labelled(args)
+    else:
+        dataset, train_set, val = _datasets(args)
+        config = _student_config(args, dataset.labels)
+        if args.teacher is not None:
+            from convert.distill import Teacher
+
+            teacher = Teacher.from_run(args.teacher, config)
+    if teacher is not None:
+        print(f"teacher {args.teacher}: {teacher.config.architecture.input_size} px, width "
+              f"{teacher.config.architecture.width:g}, anchors by {teacher.mapping}; "
+              f"--distill-weight {distill.weight:g} --temperature {distill.temperature:g}")
     loss = LossConfig(classification=args.loss)
     if batch_size is None:
-        batch_size = _auto_batch_size(config, train_set, loss, setup)
+        batch_size = _auto_batch_size(config, train_set, loss, setup, teacher, distill)
     if multi_worker is not None:  # batch_size is per worker: the smallest one measured wins
         strategy, per_worker = multi_worker, workers.agree_on_batch_size(multi_worker, batch_size, train_set, val)
         if per_worker != batch_size:
@@ -220,7 +312,7 @@ def main(args: argparse.Namespace) -> int:
                        resume=args.resume, checkpoint_every=args.checkpoint_every,
                        augment=not args.no_augment, verbose=2 if args.quiet else 1, strategy=strategy,
                        mixed_precision=setup.mixed_precision, workers=args.workers,
-                       freeze_backbone_epochs=args.freeze_backbone_epochs)
+                       freeze_backbone_epochs=args.freeze_backbone_epochs, teacher=teacher, distill=distill)
     except KeyboardInterrupt:
         return 130
     except workers.LostWorker as exc:  # one line, then out: TensorFlow's teardown could block for minutes
