@@ -1,11 +1,13 @@
-"""``edge convert``: source -> (prune) -> (QAT) -> int8 or float ``.tflite`` -> validation -> files.
+"""``edge convert``: source -> (channel prune) -> (sparsity) -> (QAT) -> int8 or float ``.tflite`` -> validation -> files.
 
 Four stages, each a function, and :func:`convert` runs them in order:
 
 - :func:`plan`: every cheap check, then the source (:mod:`convert.inputs`), the fine-tuning data,
   the calibration frames and the held-out set. Every input is read before any slow step, so bad
   input fails in seconds.
-- :func:`build`: the float reference, pruning, QAT and the output model, each a timed, reported step.
+- :func:`build`: the float reference, channel pruning (:mod:`convert.channel_plan`, then fine-tuning
+  with the unpruned model as teacher), weight sparsity, QAT and the output model, each a timed,
+  reported step.
 - :func:`measure`: every model through the board's own code, same data, same metric: the report.
 - :func:`publish`: the ``--max-map-drop`` gate, then the model and its report.
 
@@ -60,6 +62,10 @@ class ConvertOptions:
     labels: Path | None = None  # label file for OD API sources
     sparsity: float = 0.5  # 0 disables pruning
     prune_steps: int = 300
+    prune_channels: float | None = None  # fraction of the prunable channels removed
+    latency_target: float | None = None  # fraction of the dense int8 network's invoke time
+    channel_steps: int = 300  # fine-tuning steps after channel pruning
+    distill_weight: float = 1.0  # channel-pruned fine-tuning learns from the unpruned model; 0: ground truth only
     qat: bool = False
     qat_steps: int = 300
     float_model: bool = False
@@ -100,6 +106,7 @@ class Plan:
     output: Path
     source: Source
     prune: bool  # pruning asked for and possible (a trainable source)
+    channel_prune: bool  # --prune-channels / --latency-target
     train_set: object | None  # convert.data.Dataset for pruning / QAT fine-tuning
     frames: list | None  # int8 calibration frames, float32 [1, H, W, 3] raw pixels
     val_set: object | None  # held-out convert.data.Dataset for mAP
@@ -120,7 +127,7 @@ class Plan:
     @property
     def output_is_reference(self) -> bool:
         """A float model that pruning did not change is the float reference itself."""
-        return self.opts.float_model and not self.prune
+        return self.opts.float_model and not self.prune and not self.channel_prune
 
 
 @dataclass
@@ -133,6 +140,7 @@ class Built:
     sparsity: dict  # target, achieved, steps
     output_bytes: bytes
     models: dict[str, Path]  # report name -> staged file, in measuring order; the last is the output
+    channel_pruning: dict | None = None  # convert.channel_plan's record, plus the fine-tuning
 
     @property
     def staged(self) -> Path:
@@ -160,6 +168,19 @@ def _check_options(opts: ConvertOptions) -> Path:
         raise EdgeError("--max-map-drop needs a held-out set to measure on: --val DIR or --coco ANN.json --images DIR")
     if not 0.0 <= opts.sparsity < 1.0:
         raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
+    if opts.prune_channels is not None and not 0.0 <= opts.prune_channels < 1.0:
+        raise EdgeError(f"--prune-channels {opts.prune_channels}: must be in [0, 1) "
+                        "(the fraction of the prunable channels removed)")
+    if opts.latency_target is not None and not 0.0 < opts.latency_target < 1.0:
+        raise EdgeError(f"--latency-target {opts.latency_target}: must be between 0 and 1 "
+                        "(a fraction of the dense int8 model's invoke time)")
+    if opts.channel_steps < 0:
+        raise EdgeError(f"--channel-steps {opts.channel_steps}: must be 0 or more")
+    if opts.distill_weight < 0:
+        raise EdgeError(f"--distill-weight {opts.distill_weight}: must be 0 or more (0: no teacher)")
+    if _wants_channel_pruning(opts) and opts.format == FORMAT_ONNX:
+        raise EdgeError("--prune-channels / --latency-target: --format onnx exports the float model as trained; "
+                        "channel pruning applies to --format tflite")
     _check_paths(opts, output)
     return output
 
@@ -212,11 +233,25 @@ def _wants_pruning(opts: ConvertOptions, source: Source, notes: list[str]) -> bo
     return opts.sparsity > 0.0 and source.trainable
 
 
+def _wants_channel_pruning(opts: ConvertOptions) -> bool:
+    return opts.prune_channels is not None or opts.latency_target is not None
+
+
+def _check_channel_pruning(opts: ConvertOptions, source: Source) -> bool:
+    if not _wants_channel_pruning(opts):
+        return False
+    if not source.trainable:
+        option = "--prune-channels" if opts.prune_channels is not None else "--latency-target"
+        raise EdgeError(f"{option}: a {source.kind} has no trainable weights here to rebuild narrower and "
+                        "fine-tune; prune the training run or Keras model it came from")
+    return True
+
+
 def _training_set(opts: ConvertOptions, source: Source):
     data_path = opts.data or (source.config.training.get("data") if source.config else None)
     if not data_path:
         raise EdgeError("pruning and --qat fine-tune on the training data: pass --data DIR "
-                        "(or --sparsity 0 to skip pruning)")
+                        "(or --sparsity 0 to skip weight pruning)")
     return _dataset(Path(data_path), source.labels, "--data")
 
 
@@ -241,7 +276,8 @@ def plan(opts: ConvertOptions, log: Callable[[str], None] = print) -> Plan:
     val_set = _validation_set(opts)
     source = steps.run("load", lambda: load_source(opts.source, opts.labels), Source.describe)
     prune = _wants_pruning(opts, source, notes)
-    train_set = _training_set(opts, source) if prune or opts.qat else None
+    channel_prune = _check_channel_pruning(opts, source)
+    train_set = _training_set(opts, source) if prune or opts.qat or channel_prune else None
     frames = None
     parity_images, parity_source = None, None
     if opts.format == FORMAT_ONNX:
@@ -256,7 +292,8 @@ def plan(opts: ConvertOptions, log: Callable[[str], None] = print) -> Plan:
         height, width = source.head.input_size
         frames = steps.run("calibration images", lambda: quantize.load_calibration_frames(
             paths, height, width, opts.calib_images), lambda f: f"{len(f)} images via FrameBuffer")
-    return Plan(opts=opts, output=output, source=source, prune=prune, train_set=train_set, frames=frames,
+    return Plan(opts=opts, output=output, source=source, prune=prune, channel_prune=channel_prune,
+                train_set=train_set, frames=frames,
                 val_set=val_set, steps=steps, notes=notes, started=started, parity_images=parity_images,
                 parity_source=parity_source)
 
@@ -300,13 +337,68 @@ def _float_reference(plan: Plan, workdir: Path, provenance: dict) -> bytes:
     return _export(plan, source.model, workdir, "float", info, int8=False)
 
 
-def _prune(plan: Plan):
+def _prune(plan: Plan, model):
     from convert.finetune import make_fine_tuner
     from convert.prune import prune_model
 
     opts = plan.opts
     tuner = make_fine_tuner(plan.source.config, plan.train_set, opts.batch_size, seed=opts.seed, log=plan.steps.log)
-    return prune_model(plan.source.model, opts.sparsity, opts.prune_steps, tuner)
+    return prune_model(model, opts.sparsity, opts.prune_steps, tuner)
+
+
+def _importance_images(plan: Plan, limit: int = 64):
+    """Normalised float inputs for channel importance: the calibration frames, or the training images."""
+    import numpy as np
+
+    from convert import quantize
+
+    frames = plan.frames
+    if frames is None:
+        height, width = plan.source.head.input_size
+        frames = quantize.load_calibration_frames([s.image_path for s in plan.train_set.samples], height, width,
+                                                  limit)
+    norm = plan.source.config.normalization
+    return np.concatenate([(f - norm.mean) / norm.std for f in frames[:limit]]).astype(np.float32)
+
+
+def _channel_prune(plan: Plan):
+    """Narrow the model by measured int8 latency, then fine-tune it (the unpruned model teaching)."""
+    from convert import channel_plan
+    from convert.finetune import make_fine_tuner
+
+    opts, steps = plan.opts, plan.steps
+    images = steps.run("channel importance images", lambda: _importance_images(plan),
+                       lambda x: f"{len(x)} images")
+    result = steps.run("channel prune", lambda: channel_plan.prune_channels(
+        plan.source.model, images, opts.prune_channels, opts.latency_target, runs=opts.latency_runs,
+        num_threads=opts.num_threads, log=steps.log), lambda r: channel_plan.describe(r.record))
+    record = result.record
+    if record.get("latency_target_missed"):
+        plan.notes.append(f"--latency-target {opts.latency_target}: not reached within "
+                          f"{channel_plan.MAX_LATENCY_ROUNDS} rounds (see channel_pruning.rounds)")
+    teacher, distill = None, None
+    if opts.distill_weight > 0:
+        from convert.distill import DistillConfig, Teacher
+
+        config = plan.source.config
+        teacher = Teacher(plan.source.model, config, config)
+        distill = DistillConfig(weight=opts.distill_weight)
+    record["distillation"] = {"teacher": "the unpruned model" if teacher else None,
+                              "weight": opts.distill_weight if teacher else 0.0}
+    if opts.channel_steps:
+        tuner = make_fine_tuner(plan.source.config, plan.train_set, opts.batch_size, seed=opts.seed + 2,
+                                log=steps.log, teacher=teacher, distill=distill)
+        record["fine_tune"] = steps.run("channel fine-tune", lambda: tuner(result.model, opts.channel_steps, []),
+                                        lambda r: f"{r['steps']} steps, loss {r['final_loss']}"
+                                                  + (" (distilled from the unpruned model)" if teacher else ""))
+    return result.model, record
+
+
+def _channel_provenance(record: dict) -> dict:
+    """What the model's own metadata keeps of the channel pruning (the report has the rest)."""
+    keys = ("remove_fraction", "latency_target", "channels", "groups", "params", "macs", "int8_network",
+            "distillation", "importance", "chooser")
+    return {k: record[k] for k in keys if k in record}
 
 
 def _describe_pruning(result) -> str:
@@ -339,9 +431,18 @@ def build(plan: Plan, workdir: Path) -> Built:
     provenance = _provenance(plan)
     reference = steps.run("float reference", lambda: _float_reference(plan, workdir, provenance),
                           lambda b: f"{len(b) / 1024:.0f} KiB")
-    model, pruning, qat = plan.source.model, None, None
+    model, pruning, qat, channel_record = plan.source.model, None, None, None
+    dense_int8 = None
+    if plan.channel_prune:
+        if not opts.float_model:
+            dense_info = _output_info(plan, provenance, {"target": 0.0, "achieved": None, "steps": 0}, None)
+            dense_int8 = steps.run("dense int8 (for comparison)", lambda: _export(
+                plan, plan.source.model, workdir, "dense", dense_info, int8=True, frames=plan.frames),
+                lambda b: f"{len(b) / 1024:.0f} KiB")
+        model, channel_record = _channel_prune(plan)
+        provenance = dict(provenance, channel_pruning=_channel_provenance(channel_record))
     if plan.prune:
-        pruning = steps.run("prune", lambda: _prune(plan), _describe_pruning)
+        pruning = steps.run("prune", lambda: _prune(plan, model), _describe_pruning)
         model = pruning.model
         if pruning.left_dense:
             plan.notes.append(f"left dense (the pruning wrapper refused them): {', '.join(pruning.left_dense)}")
@@ -369,9 +470,15 @@ def build(plan: Plan, workdir: Path) -> Built:
                                                       frames=plan.frames, qat=opts.qat),
                            lambda b: f"{plan.quantization}, {len(b) / 1024:.0f} KiB")
         name = plan.quantization if plan.quantization != "float32" else "output"
+        if plan.channel_prune:
+            name += " channel-pruned"
         models = {"float": atomic_write(workdir / "float.tflite", reference),
                   name: atomic_write(workdir / "output.tflite", output)}
-    return Built(plan=plan, provenance=provenance, info=info, sparsity=sparsity, output_bytes=output, models=models)
+    if dense_int8 is not None:  # measured between the float reference and the output
+        models = {"float": models["float"], "int8 dense": atomic_write(workdir / "dense.tflite", dense_int8),
+                  **{k: v for k, v in models.items() if k != "float"}}
+    return Built(plan=plan, provenance=provenance, info=info, sparsity=sparsity, output_bytes=output, models=models,
+                 channel_pruning=channel_record)
 
 
 # ---------------------------------------------------------------- measure
@@ -411,6 +518,7 @@ def measure(built: Built) -> dict:
         "postprocess": built.info.postprocess, "labels": list(plan.source.labels),
         "input": None, "models": {}, "map_drop": None, "max_map_drop": plan.opts.max_map_drop,
         "steps": plan.steps.records, "notes": plan.notes, "versions": built.provenance["versions"],
+        "channel_pruning": built.channel_pruning,
     }
     evaluations = {}
     for name, path in built.models.items():
@@ -423,6 +531,7 @@ def measure(built: Built) -> dict:
         if latency.note and latency.note not in plan.notes:
             plan.notes.append(latency.note)
     output_name = list(built.models)[-1]
+    report["output_model"] = output_name
     if plan.opts.format == FORMAT_ONNX:
         from convert import onnx_export
 

@@ -1,0 +1,264 @@
+"""How many channels each group keeps: chosen by measured int8 latency, then verified by measurement.
+
+NetAdapt's idea with a small measuring budget. A latency table per layer, timed on the board's own
+interpreter, would take one int8 conversion per group and width; instead the groups are split into
+*stages* by the resolution their producer works at (one stride of the network, plus the small
+grids of the SSD extra layers), and one probe model per stage, with that stage's groups at half
+width, is converted to int8 and timed against the dense model, all interpreters interleaved round
+by round so that a noisy machine shifts them alike. A stage's measured saving is shared among its
+groups by their width-dependent MACs, giving every group a measured cost in ms per channel.
+
+Then a greedy pass removes channels 8 at a time (the vector width the int8 kernels favour) from
+the group where the next 8 cost the least importance per ms saved (importance as a fraction of the
+group's total, from :func:`convert.channels.channel_importance`), until the asked fraction of
+channels is gone or the predicted latency reaches the target. A latency target is then checked on
+the real narrowed model; when the prediction was optimistic the target is tightened by the
+measured error and the choice redone (at most :data:`MAX_LATENCY_ROUNDS` times).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from convert import channels as ch
+from edge.errors import EdgeError
+
+UNIT = 8
+MIN_KEEP_FRACTION = 0.125
+MAX_LATENCY_ROUNDS = 3
+PROBE_KEEP = 0.5
+
+
+@dataclass
+class LatencyTable:
+    dense_ms: float
+    ms_per_channel: dict[str, float]  # group -> measured ms saved per channel removed
+    probes: list[dict] = field(default_factory=list)  # stage, groups, ms, saving
+    dense_bytes: bytes = b""  # the dense network as int8, reused for the final comparison
+
+    def predict(self, removed: dict[str, int]) -> float:
+        return self.dense_ms - sum(self.ms_per_channel[g] * n for g, n in removed.items())
+
+
+# ---------------------------------------------------------------- measuring
+
+def int8_bytes(model, samples: np.ndarray) -> bytes:
+    """The raw network (no post-process op: its cost does not depend on width) as full-integer int8."""
+    from convert.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    # A concrete function, not from_keras_model: that one saves a Keras SavedModel first, tracing
+    # every layer's call, which is most of its time on a 150-layer SSD.
+    spec = tf.TensorSpec((1, *model.input_shape[1:]), tf.float32)
+    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([s[None]] for s in samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    return bytes(converter.convert())
+
+
+def time_interleaved(models: list[bytes], runs: int, num_threads: int | None) -> list[float]:
+    """Median ``invoke()`` ms of each model, timed round-robin so load changes hit all of them."""
+    from edge.backends.tflite import load_interpreter
+
+    with tempfile.TemporaryDirectory(prefix="edge-latency-") as folder:
+        interpreters = []
+        for i, data in enumerate(models):
+            path = Path(folder) / f"probe_{i}.tflite"
+            path.write_bytes(data)
+            interpreter, _ = load_interpreter(path, None, num_threads, allocate=True)
+            detail = interpreter.get_input_details()[0]
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+            for _ in range(3):
+                interpreter.invoke()
+            interpreters.append(interpreter)
+        times = [[] for _ in models]
+        rounds = max(3, runs // 5)
+        for _ in range(rounds):
+            for i, interpreter in enumerate(interpreters):
+                for _ in range(5):
+                    start = time.perf_counter()
+                    interpreter.invoke()
+                    times[i].append((time.perf_counter() - start) * 1000.0)
+    return [float(np.median(t)) for t in times]
+
+
+def _stages(groups: list[ch.ChannelGroup], input_size: int) -> dict[str, list[ch.ChannelGroup]]:
+    """Three stages by stride: each probe is one int8 conversion (~30 s on 2 cores), so few."""
+    stages: dict[str, list[ch.ChannelGroup]] = {}
+    for group in groups:
+        stride = input_size / max(1, max(group.spatial))
+        key = "stride 2-8" if stride < 12 else "stride 16" if stride < 24 else "stride 32 and extra layers"
+        stages.setdefault(key, []).append(group)
+    return stages
+
+
+def measure_latency_table(model, groups, importance, samples: np.ndarray, runs: int = 30,
+                          num_threads: int | None = None, log: Callable[[str], None] | None = None) -> LatencyTable:
+    """Dense int8 latency and each group's measured ms per channel (see the module docstring)."""
+    stages = _stages(groups, int(model.input_shape[1]))
+    blobs = [int8_bytes(model, samples)]
+    removed_by_stage = []
+    for name, members in stages.items():
+        kept = {g.name: ch.keep_indices(importance[g.name]["score"], max(1, round(g.channels * PROBE_KEEP)))
+                for g in members}
+        probe = ch.narrow_model(model, groups, kept)
+        blobs.append(int8_bytes(probe, samples))
+        removed_by_stage.append({g.name: g.channels - len(kept[g.name]) for g in members})
+    times = time_interleaved(blobs, runs, num_threads)
+    dense = times[0]
+    table = LatencyTable(dense_ms=dense, ms_per_channel={}, dense_bytes=blobs[0])
+    for (name, members), removed, ms in zip(stages.items(), removed_by_stage, times[1:]):
+        # Noise can make a small stage look free or even slower; a floor keeps the ranking by
+        # importance there instead of by noise.
+        saving = max(dense - ms, 1e-4 * dense)
+        macs = {g.name: max(1, ch.group_macs(model, g)) for g in members}
+        total = sum(macs.values())
+        for g in members:
+            share = saving * macs[g.name] / total
+            table.ms_per_channel[g.name] = share / max(1, removed[g.name])
+        table.probes.append({"stage": name, "groups": len(members), "ms": round(ms, 3),
+                             "saving_ms": round(dense - ms, 3)})
+        if log:
+            log(f"  latency probe {name}: {len(members)} groups at {PROBE_KEEP:g} width, "
+                f"{ms:.2f} ms vs dense {dense:.2f} ms")
+    return table
+
+
+# ---------------------------------------------------------------- choosing
+
+def _unit(channels: int) -> int:
+    return UNIT if channels >= 4 * UNIT else max(1, channels // 4)
+
+
+def _min_keep(channels: int) -> int:
+    return min(channels, max(_unit(channels), math.ceil(channels * MIN_KEEP_FRACTION)))
+
+
+def choose_widths(groups, importance, table: LatencyTable, remove_fraction: float | None = None,
+                  latency_ms: float | None = None) -> dict[str, int]:
+    """Channels each group keeps: greedy, cheapest importance per predicted ms first."""
+    total = sum(g.channels for g in groups)
+    keep = {g.name: g.channels for g in groups}
+    order = {g.name: np.sort(np.asarray(importance[g.name]["score"], dtype=np.float64))  # ascending
+             for g in groups}
+    share = {name: s / max(s.sum(), 1e-12) for name, s in order.items()}
+    removed = {g.name: 0 for g in groups}
+    heap = []
+
+    def push(group):
+        name, unit = group.name, _unit(group.channels)
+        if keep[name] - unit < _min_keep(group.channels):
+            return
+        lost = float(share[name][removed[name]:removed[name] + unit].sum())
+        gained = table.ms_per_channel[name] * unit
+        heapq.heappush(heap, (lost / max(gained, 1e-12), name, unit))
+
+    by_name = {g.name: g for g in groups}
+    for group in groups:
+        push(group)
+
+    def done() -> bool:
+        ok = True
+        if remove_fraction is not None:
+            ok &= sum(removed.values()) >= remove_fraction * total
+        if latency_ms is not None:
+            ok &= table.predict(removed) <= latency_ms
+        return ok
+
+    while heap and not done():
+        _, name, unit = heapq.heappop(heap)
+        keep[name] -= unit
+        removed[name] += unit
+        push(by_name[name])
+    return keep
+
+
+# ---------------------------------------------------------------- the whole step
+
+@dataclass
+class ChannelPruning:
+    model: object  # the narrowed tf-keras model (before fine-tuning, until the caller tunes it)
+    record: dict  # per-group widths, params, MACs, latency: the report's and provenance's section
+
+
+def prune_channels(model, images: np.ndarray, remove_fraction: float | None, latency_fraction: float | None,
+                   runs: int = 30, num_threads: int | None = None,
+                   log: Callable[[str], None] | None = None) -> ChannelPruning:
+    """Score, choose widths by measured latency, narrow; returns the model and what was done."""
+    if remove_fraction is None and latency_fraction is None:
+        raise EdgeError("channel pruning needs --prune-channels R or --latency-target F")
+    groups = ch.find_groups(model)
+    if not groups:
+        raise EdgeError("--prune-channels: this model has no channels that can be removed on their own")
+    importance = ch.channel_importance(model, groups, images)
+    samples = images[: min(len(images), 8)]
+    rounds: list[dict] = []
+    table = None
+    if latency_fraction is None and not remove_fraction:
+        # Nothing to remove: no conversions, the copy is the model (the identity tests rely on it).
+        widths = {g.name: g.channels for g in groups}
+        narrow = ch.narrow_model(model, groups, {g.name: np.arange(g.channels) for g in groups}, importance)
+    else:
+        table = measure_latency_table(model, groups, importance, samples, runs, num_threads, log)
+        target_ms = latency_fraction * table.dense_ms if latency_fraction is not None else None
+        planned_ms = target_ms
+        for _ in range(MAX_LATENCY_ROUNDS if target_ms is not None else 1):
+            widths = choose_widths(groups, importance, table, remove_fraction, planned_ms)
+            kept = {g.name: ch.keep_indices(importance[g.name]["score"], widths[g.name]) for g in groups}
+            narrow = ch.narrow_model(model, groups, kept, importance)
+            narrow_bytes = int8_bytes(narrow, samples)
+            dense_ms, pruned_ms = time_interleaved([table.dense_bytes, narrow_bytes], runs, num_threads)
+            predicted = table.predict({g.name: g.channels - widths[g.name] for g in groups})
+            rounds.append({"planned_ms": None if planned_ms is None else round(planned_ms, 3),
+                           "predicted_ms": round(predicted, 3), "dense_ms": round(dense_ms, 3),
+                           "pruned_ms": round(pruned_ms, 3), "pruned_bytes": len(narrow_bytes)})
+            if log:
+                log(f"  widths chosen: int8 {pruned_ms:.2f} ms vs dense {dense_ms:.2f} ms "
+                    f"({pruned_ms / dense_ms:.2f}x)")
+            if target_ms is None or pruned_ms <= latency_fraction * dense_ms:
+                break
+            # The prediction was optimistic by this factor: aim lower by as much and choose again.
+            planned_ms = planned_ms * (latency_fraction * dense_ms) / pruned_ms
+    total = sum(g.channels for g in groups)
+    kept_total = sum(widths.values())
+    record = {
+        "importance": "mean |activation - mean| at each consumer x consumer weight L2 norm, on "
+                      f"{len(images)} images; removed channels' means folded into the consumer's bias",
+        "chooser": "greedy by importance lost per measured int8 ms saved (latency probes per stage)",
+        "remove_fraction": remove_fraction, "latency_target": latency_fraction,
+        "channels": {"prunable": total, "kept": kept_total, "removed_fraction": round(1 - kept_total / total, 4)},
+        "groups": [{"name": g.name, "dense": g.channels, "kept": int(widths[g.name])} for g in groups],
+        "params": {"dense": ch.count_params(model), "pruned": ch.count_params(narrow)},
+        "macs": {"dense": ch.count_macs(model), "pruned": ch.count_macs(narrow)},
+        "int8_network": None if not rounds else {
+            "note": "the network without the post-process op, timed side by side",
+            "dense_ms": rounds[-1]["dense_ms"], "pruned_ms": rounds[-1]["pruned_ms"],
+            "dense_bytes": len(table.dense_bytes), "pruned_bytes": rounds[-1]["pruned_bytes"],
+            "threads": num_threads},
+        "latency_probes": table.probes if table else [], "rounds": rounds,
+    }
+    if latency_fraction is not None and rounds[-1]["pruned_ms"] > latency_fraction * rounds[-1]["dense_ms"]:
+        record["latency_target_missed"] = True
+    return ChannelPruning(model=narrow, record=record)
+
+
+def describe(record: dict) -> str:
+    net = record["int8_network"]
+    text = (f"{record['channels']['kept']}/{record['channels']['prunable']} channels kept, "
+            f"params {record['params']['pruned'] / record['params']['dense']:.2f}x, "
+            f"MACs {record['macs']['pruned'] / record['macs']['dense']:.2f}x")
+    if net:
+        text += (f", int8 network {net['pruned_ms']:.2f} vs {net['dense_ms']:.2f} ms "
+                 f"({net['pruned_ms'] / net['dense_ms']:.2f}x)")
+    return text
