@@ -124,3 +124,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- compression frontier (compression_frontier.py)
+
+PRUNED_INVOKE_RATIO = 0.6  # channel-pruned int8 invoke() median over the dense int8's, at most
+PRUNED_SIZE_RATIO = 0.6  # channel-pruned int8 file size over the dense int8's, at most
+PRUNED_MAP50_DROP_POINTS = 1.5  # mAP@0.5 points a pruned int8 may lose against the dense int8, at most
+DISTILLED_STUDENT_GAIN_POINTS = 1.0  # distilled student's mAP@0.5 over the student trained alone, at least
+
+#: Checked against each channel-pruned row of a compression_frontier.py result (``result["variants"][i]``).
+#: The pruning target is met when one row meets all three at once: a small, fast model that is
+#: clearly worse is not what pruning promises.
+PRUNED_TARGETS: tuple[Target, ...] = (
+    Target("pruned_invoke_ratio", f"pruned int8 invoke() <= {PRUNED_INVOKE_RATIO:.1f}x dense int8",
+           lambda r: r["invoke_ratio"], operator.le, PRUNED_INVOKE_RATIO, "x"),
+    Target("pruned_size_ratio", f"pruned int8 file <= {PRUNED_SIZE_RATIO:.1f}x dense int8",
+           lambda r: r["size_ratio"], operator.le, PRUNED_SIZE_RATIO, "x"),
+    Target("pruned_map50_drop", f"pruned int8 loses <= {PRUNED_MAP50_DROP_POINTS:g} mAP@0.5 points vs dense int8",
+           lambda r: r["map50_drop_points"], operator.le, PRUNED_MAP50_DROP_POINTS, " points"),
+)
+
+#: Checked against the whole compression_frontier.py result.
+STUDENT_TARGETS: tuple[Target, ...] = (
+    Target("distilled_student_gain", f"distilled student >= {DISTILLED_STUDENT_GAIN_POINTS:g} mAP@0.5 points "
+                                     "above the student trained alone",
+           lambda r: r["students"]["map50_gain_points"], operator.ge, DISTILLED_STUDENT_GAIN_POINTS, " points"),
+)
+
+
+def frontier_verdicts(result: dict) -> dict:
+    """``{"pruned": {variant: [checks]}, "pruned_met": bool | None, "student": [checks]}``; ``pruned_met``
+    is True when one pruned row meets every pruning target, None when no pruned row was measured."""
+    pruned = {r["variant"]: evaluate(r, PRUNED_TARGETS) for r in result["variants"] if r.get("kind") == "pruned"}
+    met = None if not pruned else any(all(c["met"] for c in checks) for checks in pruned.values())
+    return {"pruned": pruned, "pruned_met": met, "student": evaluate(result, STUDENT_TARGETS)}
+
+
+def format_frontier_targets(result: dict) -> str:
+    verdicts = frontier_verdicts(result)
+    lines = [f"{verdict(verdicts['pruned_met']):6} a pruned int8 meets all of: "
+             + "; ".join(t.text for t in PRUNED_TARGETS)]
+    for name, checks in verdicts["pruned"].items():
+        cells = ", ".join(f"{c['key'].removeprefix('pruned_')} {verdict(c['met'])}"
+                          f" ({'-' if c['value'] is None else format(c['value'], '.3g')}{c['unit']})" for c in checks)
+        lines.append(f"         {name}: {cells}")
+    for c in verdicts["student"]:
+        value = "-" if c["value"] is None else f"{c['value']:+.2f}{c['unit']}"
+        lines.append(f"{verdict(c['met']):6} {c['target']} (measured {value})")
+    return "\n".join(lines)

@@ -185,3 +185,148 @@ def test_cli_data_synth(tmp_path, capsys):
     assert cli_main(["data", "synth", "--out", str(tmp_path / "e"), "--n", "3", "--classes", "hexagon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("edge: error: --classes hexagon")
+
+
+# ---------------------------------------------------------------- the hard preset
+
+def _tree_digest(root: Path) -> str:
+    """SHA-256 over every file's relative path and bytes, in sorted order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _pairs_iou(sample):
+    from convert.data.synth import _iou
+
+    boxes, ids = sample.boxes, sample.class_ids
+    return [(_iou(boxes[i], boxes[j]), bool(ids[i] == ids[j]))
+            for i in range(len(boxes)) for j in range(i + 1, len(boxes))]
+
+
+@pytest.fixture(scope="module")
+def hard_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hard")
+    return root, write_synthetic_voc(root / "a", 40, size=320, seed=7, preset="hard")
+
+
+def test_hard_preset_is_deterministic(hard_set, tmp_path):
+    root, _ = hard_set
+    write_synthetic_voc(tmp_path / "same", 40, size=320, seed=7, preset="hard")
+    write_synthetic_voc(tmp_path / "other", 40, size=320, seed=8, preset="hard")
+    assert _tree_digest(root / "a") == _tree_digest(tmp_path / "same")
+    assert _tree_digest(root / "a") != _tree_digest(tmp_path / "other")
+
+
+def test_hard_preset_classes_sizes_and_counts(hard_set):
+    from convert.data.synth import HARD_CLASSES, HARD_MAX_SIZE_FRACTION, HARD_MIN_SIZE_FRACTION, HARD_OBJECTS
+
+    _, ds = hard_set
+    assert len(HARD_CLASSES) == 8 and ds.labels == list(HARD_CLASSES) and ds.skipped == []
+    assert (Path(ds.samples[0].image_path).parents[1] / "labels.txt").read_text().split() == list(HARD_CLASSES)
+    assert len({int(c) for s in ds.samples for c in s.class_ids}) == 8  # every class drawn
+    counts = [len(s.boxes) for s in ds.samples]
+    assert min(counts) >= HARD_OBJECTS[0] and max(counts) <= HARD_OBJECTS[1] and max(counts) >= 8
+    sides = np.concatenate([np.maximum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1])
+                            for s in ds.samples]) / 320
+    assert sides.min() >= HARD_MIN_SIZE_FRACTION - 2 / 320 and sides.max() <= HARD_MAX_SIZE_FRACTION + 2 / 320
+    assert sides.min() <= 0.06  # small objects really occur ...
+    assert np.median(sides) < MIN_SIZE_FRACTION * 2  # ... and are the common case, unlike the default
+
+
+def test_hard_preset_overlaps_between_classes_only(hard_set):
+    from convert.data.synth import HARD_MAX_OVERLAP_IOU, MAX_OVERLAP_IOU
+
+    _, ds = hard_set
+    pairs = [p for s in ds.samples for p in _pairs_iou(s)]
+    other = [iou for iou, same in pairs if not same]
+    same = [iou for iou, same in pairs if same]
+    tolerance = 0.03  # boxes are rounded to whole pixels in the XML
+    assert max(other) <= HARD_MAX_OVERLAP_IOU + tolerance
+    assert sum(iou > MAX_OVERLAP_IOU for iou in other) >= 10  # beyond anything the default preset draws
+    assert max(other) >= 0.3
+    assert max(same) <= MAX_OVERLAP_IOU + tolerance
+
+
+def test_hard_preset_has_unlabelled_clutter(tmp_path):
+    """Outside every box, the image is far from a plain background: strokes and blobs are there."""
+    from convert.data.synth import _background, render_hard_sample, HARD_CLASSES
+
+    rough = []
+    for seed in range(6):
+        image, boxes, _ = render_hard_sample(np.random.default_rng(seed), 160, HARD_CLASSES)
+        plain = _background(np.random.default_rng(seed), 160, [])  # the same first draws: the bare background
+        outside = np.ones((160, 160), bool)
+        for x0, y0, x1, y1 in boxes.astype(int):
+            outside[y0:y1, x0:x1] = False
+        changed = np.abs(image.astype(int) - plain.astype(int)).max(axis=2) > 30
+        rough.append(changed[outside].mean())
+    assert min(rough) > 0.005 and np.mean(rough) > 0.02
+
+
+def test_hard_preset_classes_subset_and_refusals(tmp_path):
+    ds = write_synthetic_voc(tmp_path / "two", 6, classes=["diamond-red", "diamond-orange"], size=160, seed=1,
+                             preset="hard")
+    assert ds.labels == ["diamond-red", "diamond-orange"]
+    with pytest.raises(EdgeError, match="--classes circle: synthetic shapes of --preset hard are circle-red"):
+        write_synthetic_voc(tmp_path / "x", 2, classes=["circle"], preset="hard")
+    with pytest.raises(EdgeError, match="--classes diamond-red: synthetic shapes are circle, square, triangle"):
+        write_synthetic_voc(tmp_path / "y", 2, classes=["diamond-red"])
+    with pytest.raises(EdgeError, match="--preset medium"):
+        write_synthetic_voc(tmp_path / "z", 2, preset="medium")
+
+
+def test_hard_preset_on_real_photos(tmp_path, images_dir):
+    a = write_synthetic_voc(tmp_path / "a", 5, size=160, seed=2, preset="hard", backgrounds=images_dir)
+    write_synthetic_voc(tmp_path / "b", 5, size=160, seed=2, preset="hard", backgrounds=images_dir)
+    assert len(a.samples) == 5 and _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
+
+
+# Annotations of write_synthetic_voc(DIR, 8, size=200, seed=0) as written before the hard preset existed.
+# The boxes come from numpy's PCG64 stream and Python arithmetic only (no JPEG codec), so a change here
+# means the default preset's draws changed, and with them every dataset and result made from it.
+DEFAULT_SEED0_ANNOTATIONS_SHA256 = "e9c170446286ea19d1d8d38f0490312568c396c75574ee399ec94e7649ba6e36"
+
+
+def test_default_preset_unchanged(tmp_path):
+    import hashlib
+
+    ds = write_synthetic_voc(tmp_path / "d", 8, size=200, seed=0)
+    digest = hashlib.sha256()
+    for path in sorted((tmp_path / "d" / "Annotations").glob("*.xml")):
+        digest.update(path.read_bytes())
+    assert digest.hexdigest() == DEFAULT_SEED0_ANNOTATIONS_SHA256
+    # The structure the hard preset changes: three classes, 1-4 large shapes, small overlaps only.
+    big = write_synthetic_voc(tmp_path / "big", 60, size=200, seed=1)
+    assert big.labels == list(SHAPE_CLASSES)
+    assert max(len(s.boxes) for s in big.samples) <= 4
+    sides = np.concatenate([s.boxes[:, 2] - s.boxes[:, 0] for s in big.samples])
+    assert sides.min() >= MIN_SIZE_FRACTION * 200 - 2
+    assert max(iou for s in big.samples for iou, _ in _pairs_iou(s)) <= 0.15 + 0.03
+    assert ds.labels == list(SHAPE_CLASSES)
+
+
+def test_cli_preset_default_is_the_absent_preset(tmp_path, capsys):
+    base = ["data", "synth", "--n", "4", "--size", "128", "--seed", "5"]
+    assert cli_main(base + ["--out", str(tmp_path / "absent")]) == 0
+    assert cli_main(base + ["--out", str(tmp_path / "default"), "--preset", "default"]) == 0
+    assert _tree_digest(tmp_path / "absent") == _tree_digest(tmp_path / "default")
+    assert cli_main(base + ["--out", str(tmp_path / "hard"), "--preset", "hard"]) == 0
+    out = capsys.readouterr().out
+    assert "8 classes (circle-red, circle-orange," in out
+    assert _tree_digest(tmp_path / "hard") != _tree_digest(tmp_path / "default")
+    assert cli_main(base + ["--out", str(tmp_path / "bad"), "--preset", "hard", "--classes", "circle"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edge: error: --classes circle")
+
+
+def test_cli_synth_help_names_the_presets(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["data", "synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--preset {default,hard}" in text
+    for phrase in ("8 confusable classes", "3-10 objects", "5-30% of the side", "IoU 0.4", "unlabelled strokes"):
+        assert phrase in text

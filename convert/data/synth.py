@@ -3,6 +3,12 @@
 The shapes are drawn by :func:`edge.live.synthetic.draw_shape`, the same code behind ``edge run --source
 synthetic``, so the bundled demo model sees at run time what it was trained on. Written as VOC so it
 goes through the same reader as user data. Deterministic: the same seed gives the same files.
+
+Two presets. ``default``: 1-4 large shapes of three classes, easy enough for a tiny model to reach
+~95 mAP@0.5 (the bundled demo). ``hard``: a task on which compression visibly costs accuracy -- eight
+classes that differ only in shape or in a small hue step, small objects, overlaps between classes,
+3-10 objects per image and unlabelled clutter. The default preset's output never changes: it is what
+the demo model and earlier results were made from.
 """
 
 from __future__ import annotations
@@ -20,6 +26,25 @@ from edge.live.synthetic import PALETTE, SHAPE_CLASSES, draw_shape
 
 MIN_SIZE_FRACTION, MAX_SIZE_FRACTION = 0.08, 0.45  # shape size as a fraction of the image side
 MAX_OVERLAP_IOU = 0.15  # shapes may touch and overlap a little, never hide each other
+
+PRESETS = ("default", "hard")
+
+# The hard preset: four shapes in two hues 40 degrees apart (OpenCV hue 0 and 20 of 180). The step
+# is kept just above what training's hue augmentation (+-0.04 of the circle, 7 OpenCV units) plus
+# the per-object jitter can blur, so the classes stay separable but only through colour detail
+# that a narrow or pruned model is the first to lose.
+HARD_SHAPES = ("circle", "square", "triangle", "diamond")
+HARD_HUES = {"red": 0, "orange": 20}
+HARD_CLASSES: tuple[str, ...] = tuple(f"{shape}-{hue}" for shape in HARD_SHAPES for hue in HARD_HUES)
+HARD_HUE_JITTER = 2  # OpenCV hue units either side of the class hue
+HARD_MIN_SIZE_FRACTION, HARD_MAX_SIZE_FRACTION = 0.05, 0.30  # log-uniform: most objects are small
+HARD_OBJECTS = (3, 10)  # objects per image, inclusive
+HARD_MAX_OVERLAP_IOU = 0.4  # between boxes of different classes
+HARD_SAME_CLASS_IOU = MAX_OVERLAP_IOU  # same class: as little as the default, so no two are near-duplicates
+HARD_MAX_COVER = 0.5  # of an object's box that the boxes drawn over it may cover (summed): never hidden
+HARD_NEAR_FRACTION = 0.4  # objects placed against an earlier one of another class, so overlaps happen
+HARD_CLUTTER = (4, 12)  # unlabelled strokes and blobs under the objects, inclusive
+HARD_STROKES_ON_TOP = (0, 3)  # thin strokes drawn over the objects, inclusive
 
 
 def _iou(a, b) -> float:
@@ -99,6 +124,114 @@ def render_sample(rng: np.random.Generator, size: int, classes, photos=()):
     return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(ids, np.int32)
 
 
+def _hard_colour(rng: np.random.Generator, hue: int) -> tuple[int, int, int]:
+    h = (hue + int(rng.integers(-HARD_HUE_JITTER, HARD_HUE_JITTER + 1))) % 180
+    hsv = np.array([[[h, rng.integers(170, 256), rng.integers(170, 256)]]], np.uint8)
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def _draw_hard_shape(image: np.ndarray, shape: str, cx: float, cy: float, side: float, colour) -> tuple:
+    if shape != "diamond":
+        return draw_shape(image, shape, cx, cy, side, colour)
+    half = side / 2
+    pts = np.array([[cx, cy - half], [cx + half, cy], [cx, cy + half], [cx - half, cy]], dtype=np.int32)
+    cv2.fillConvexPoly(image, pts, colour, cv2.LINE_AA)
+    h, w = image.shape[:2]
+    return (max(0, int(round(cx - half))), max(0, int(round(cy - half))),
+            min(w, int(round(cx + half))), min(h, int(round(cy + half))))
+
+
+def _clutter_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    # A third of the clutter takes the objects' own hues, so colour alone never finds an object.
+    if rng.random() < 1 / 3:
+        return _hard_colour(rng, list(HARD_HUES.values())[int(rng.integers(len(HARD_HUES)))])
+    return tuple(int(c) for c in rng.integers(0, 256, 3))
+
+
+def _draw_clutter(image: np.ndarray, rng: np.random.Generator, count: int, thin: bool = False) -> None:
+    """Unlabelled distractors: strokes, elongated ellipses and ragged polygons (never the labelled shapes)."""
+    size = image.shape[0]
+    for _ in range(count):
+        kind = 0 if thin else int(rng.integers(0, 3))
+        colour = _clutter_colour(rng)
+        if kind == 0:
+            pts = rng.uniform(0, size, (int(rng.integers(2, 6)), 2)).astype(np.int32)
+            thickness = 1 if thin else int(rng.integers(1, max(2, size // 80) + 1))
+            cv2.polylines(image, [pts], False, colour, thickness, cv2.LINE_AA)
+        elif kind == 1:
+            major = rng.uniform(0.02, 0.15) * size
+            minor = major * rng.uniform(0.2, 0.55)  # elongated: never taken for a circle
+            centre = tuple(int(v) for v in rng.uniform(0, size, 2))
+            cv2.ellipse(image, centre, (int(major), max(1, int(minor))), float(rng.uniform(0, 180)), 0, 360,
+                        colour, -1, cv2.LINE_AA)
+        else:
+            radius = rng.uniform(0.02, 0.12) * size
+            cx, cy = rng.uniform(0, size, 2)
+            n = int(rng.integers(5, 10))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            radii = radius * rng.uniform(0.35, 1.0, n)  # ragged, usually concave
+            pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1).astype(np.int32)
+            cv2.fillPoly(image, [pts], colour, cv2.LINE_AA)
+
+
+def _intersection(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _hard_fits(candidate, cls: int, boxes, ids, covered) -> bool:
+    for box, other, cover in zip(boxes, ids, covered):
+        limit = HARD_SAME_CLASS_IOU if other == cls else HARD_MAX_OVERLAP_IOU
+        if _iou(candidate, box) > limit:
+            return False
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        if cover + _intersection(candidate, box) > HARD_MAX_COVER * area:
+            return False
+    return True
+
+
+def render_hard_sample(rng: np.random.Generator, size: int, classes, photos=()):
+    """One ``hard`` preset image: (BGR uint8 [size, size, 3], boxes xyxy pixels [N, 4], class ids [N]).
+
+    ``classes`` are names from :data:`HARD_CLASSES`; class ids index into it.
+    """
+    image = _background(rng, size, list(photos))
+    _draw_clutter(image, rng, int(rng.integers(HARD_CLUTTER[0], HARD_CLUTTER[1] + 1)))
+    log_min, log_max = np.log(HARD_MIN_SIZE_FRACTION), np.log(HARD_MAX_SIZE_FRACTION)
+    boxes, ids, covered = [], [], []
+    for _ in range(int(rng.integers(HARD_OBJECTS[0], HARD_OBJECTS[1] + 1))):
+        cls = int(rng.integers(len(classes)))
+        near = [i for i, other in enumerate(ids) if other != cls]
+        for _attempt in range(30):
+            side = float(np.exp(rng.uniform(log_min, log_max))) * size
+            if near and rng.random() < HARD_NEAR_FRACTION:
+                anchor = boxes[near[int(rng.integers(len(near)))]]
+                anchor_side = anchor[2] - anchor[0]
+                # A similar size, so the pair's IoU can reach the limit rather than stay tiny.
+                side = float(np.clip(anchor_side * rng.uniform(0.7, 1.3), HARD_MIN_SIZE_FRACTION * size,
+                                     HARD_MAX_SIZE_FRACTION * size))
+                angle = rng.uniform(0, 2 * np.pi)
+                reach = (anchor_side + side) / 2 * rng.uniform(0.3, 0.9)
+                cx = (anchor[0] + anchor[2]) / 2 + reach * np.cos(angle)
+                cy = (anchor[1] + anchor[3]) / 2 + reach * np.sin(angle)
+                cx, cy = np.clip([cx, cy], side / 2, size - side / 2)
+            else:
+                cx, cy = rng.uniform(side / 2, size - side / 2, 2)
+            candidate = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            if _hard_fits(candidate, cls, boxes, ids, covered):
+                break
+        else:
+            continue
+        shape, hue = classes[cls].split("-")
+        box = tuple(float(v) for v in _draw_hard_shape(image, shape, float(cx), float(cy), side,
+                                                         _hard_colour(rng, HARD_HUES[hue])))
+        covered = [cover + _intersection(box, other) for cover, other in zip(covered, boxes)]
+        boxes.append(box)
+        ids.append(cls)
+        covered.append(0.0)
+    _draw_clutter(image, rng, int(rng.integers(HARD_STROKES_ON_TOP[0], HARD_STROKES_ON_TOP[1] + 1)), thin=True)
+    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(ids, np.int32)
+
+
 def _voc_xml(filename: str, size: int, boxes, ids, classes) -> bytes:
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = "JPEGImages"
@@ -122,19 +255,29 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_synthetic_voc(out_dir, n: int, classes=SHAPE_CLASSES, size: int = 320, seed: int = 0,
-                        backgrounds=None):
+def preset_classes(preset: str) -> tuple[str, ...]:
+    """The classes a preset draws by default (and the only ones it knows)."""
+    if preset not in PRESETS:
+        raise EdgeError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
+    return HARD_CLASSES if preset == "hard" else SHAPE_CLASSES
+
+
+def write_synthetic_voc(out_dir, n: int, classes=None, size: int = 320, seed: int = 0,
+                        backgrounds=None, preset: str = "default"):
     """Write ``n`` images of shapes as VOC under ``out_dir`` and return the dataset read back.
 
-    ``classes``: shape names from :data:`edge.live.synthetic.SHAPE_CLASSES`; ``size``: image side in pixels;
+    ``classes``: names from the preset's classes (default all of them: :data:`edge.live.synthetic.SHAPE_CLASSES`
+    for ``default``, :data:`HARD_CLASSES` for ``hard``); ``size``: image side in pixels;
     ``backgrounds``: optional folder of photos to paste shapes on (else noise and gradients).
     """
     from convert.data.voc import load_voc
 
-    classes = tuple(classes)
-    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    known = preset_classes(preset)
+    classes = tuple(known if classes is None else classes)
+    unknown = [c for c in classes if c not in known]
     if unknown or not classes:
-        raise EdgeError(f"--classes {','.join(unknown) or '(empty)'}: synthetic shapes are {', '.join(SHAPE_CLASSES)}")
+        raise EdgeError(f"--classes {','.join(unknown) or '(empty)'}: synthetic shapes"
+                        f"{' of --preset ' + preset if preset != 'default' else ''} are {', '.join(known)}")
     if n < 1:
         raise EdgeError(f"--n {n}: need at least one image")
     if not 32 <= size <= 4096:
@@ -146,7 +289,8 @@ def write_synthetic_voc(out_dir, n: int, classes=SHAPE_CLASSES, size: int = 320,
     rng = np.random.default_rng(seed)
     digits = max(6, len(str(n - 1)))
     for i in range(n):
-        image, boxes, ids = render_sample(rng, size, classes, photos)
+        render = render_hard_sample if preset == "hard" else render_sample
+        image, boxes, ids = render(rng, size, classes, photos)
         name = f"{i:0{digits}d}"
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         _write_atomic(out / "JPEGImages" / f"{name}.jpg", jpeg.tobytes())
