@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,22 @@ def match(found: list[tuple[str, float, list[float]]], label: str, score: float,
 def as_list(detections) -> list[tuple[str, float, list[float]]]:
     return [(detections.label(i), float(detections.scores[i]), [float(v) for v in detections.boxes[i]])
             for i in range(detections.count)]
+
+
+class PortHold:
+    """A loopback TCP port held by a bound socket that never listens: connections to it are refused,
+    as to a port nothing listens on, but no other socket (another test, another xdist worker) can be
+    given it meanwhile. A server that binds with SO_REUSEADDR (MjpegServer does) can take the port over
+    while it is held; call :meth:`release` once it has."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+
+    def release(self) -> None:
+        self.sock.close()
 
 
 class MjpegServer:

@@ -205,16 +205,12 @@ def test_cameras_config(tmp_path):
 def test_a_camera_not_up_at_start_joins_when_it_comes_up(detector):
     """With wait, a stream whose port answers nothing yet becomes a WaitingSource: the synthetic camera
     runs at once, the stream joins ~1.5 s later through the capture's reconnect."""
-    import socket
-
-    from tests.helpers import MjpegServer
+    from tests.helpers import MjpegServer, PortHold
     from edge.live.cameras_config import WaitingSource, open_camera_source
     from edge.live.sources import SourceUnavailable
 
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    hold = PortHold()  # refuses connections until the server takes the port over
+    port = hold.port
     url = f"http://127.0.0.1:{port}/s.mjpg"
     with pytest.raises(SourceUnavailable):
         open_camera_source(url, stall_timeout=2.0)
@@ -222,13 +218,14 @@ def test_a_camera_not_up_at_start_joins_when_it_comes_up(detector):
     late = open_camera_source(url, wait=True, log=messages.append, stall_timeout=2.0)
     assert isinstance(late, WaitingSource) and late.frame_shape is None and "not up yet" in messages[0]
     servers = []
-    timer = threading.Timer(1.5, lambda: servers.append(MjpegServer(port=port, fps=20)))
+    timer = threading.Timer(1.5, lambda: (servers.append(MjpegServer(port=port, fps=20)), hold.release()))
     timer.start()
     cameras = [_synthetic("now", 0, live=True, fps=10), Camera("late", late, backoff=(0.1, 0.4))]
     try:
         summary = MultiLoop(detector, cameras, duration=4.5, stats_every=0, log=messages.append).run()
     finally:
         timer.cancel()
+        hold.release()
         for server in servers:
             server.close()
     now, joined = summary.camera("now"), summary.camera("late")

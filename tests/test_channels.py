@@ -148,21 +148,6 @@ def test_ratio_zero_reproduces_the_model_and_a_ratio_narrows_it():
 
 # ---------------------------------------------------------------- edge convert --prune-channels
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A tiny SSD trained briefly on synthetic shapes: enough signal for importance and detection."""
-    from convert.config import SSDConfig
-    from convert.data.synth import write_synthetic_voc
-    from convert.train import train
-
-    root = tmp_path_factory.mktemp("channels")
-    data = write_synthetic_voc(root / "train", 96, size=128, seed=4)
-    write_synthetic_voc(root / "val", 24, size=128, seed=5)
-    config = SSDConfig.create(list(data.labels), input_size=128, width=0.35)
-    train(config, data, root / "run", epochs=8, batch_size=16, steps_per_epoch=12, learning_rate=4e-3, verbose=0)
-    return root
-
-
 def _convert(capsys, *argv):
     from edge.cli import main
 
@@ -174,12 +159,14 @@ def _convert(capsys, *argv):
 # Seven TensorFlow conversions (float, dense int8, dense and three probe networks, the narrowed
 # network, the output): ~5 min on 2 quiet cores, far more under load.
 @pytest.mark.timeout(2400)
-def test_convert_prunes_channels_to_a_smaller_int8_model_that_detects(small_run, tmp_path, capsys):
+def test_convert_prunes_channels_to_a_smaller_int8_model_that_detects(trained_run, tmp_path, capsys):
+    """On the session's tiny trained SSD (tests/conftest.py)."""
     from edge.contract.tflite_file import builtin_operator_names
 
+    run_dir, train_dir, val_dir = trained_run
     out = tmp_path / "pruned.tflite"
-    code, stdout, err = _convert(capsys, small_run / "run", "-o", out, "--data", small_run / "train",
-                                 "--val", small_run / "val", "--sparsity", "0", "--prune-channels", "0.5",
+    code, stdout, err = _convert(capsys, run_dir, "-o", out, "--data", train_dir,
+                                 "--val", val_dir, "--sparsity", "0", "--prune-channels", "0.5",
                                  "--channel-steps", "40", "--calib-images", "16")
     assert code == 0, err
     report = json.loads(out.with_name("pruned.report.json").read_text())
@@ -199,7 +186,7 @@ def test_convert_prunes_channels_to_a_smaller_int8_model_that_detects(small_run,
     shown = capsys.readouterr().out
     assert "channels  pruned:" in shown and "widths block_" in shown
 
-    image = sorted((small_run / "val" / "JPEGImages").glob("*.jpg"))[0]
+    image = sorted((val_dir / "JPEGImages").glob("*.jpg"))[0]
     assert main(["detect", str(out), str(image), "--score", "0.3", "--out", str(tmp_path / "detected")]) == 0
     capsys.readouterr()
     results = json.loads((tmp_path / "detected" / "detections.json").read_text())

@@ -1,7 +1,8 @@
 """Our trained SSD -> float, int8 and pruned-int8 TFLite: sizes, sparsity, accuracy, runtime contract.
 
-One small model (MobileNetV2 0.35, 160 px) is trained once per session on synthetic shapes; each
-variant is converted once and shared by the tests (each conversion is ~25-35 s on 2 cores).
+One small model (MobileNetV2 0.35, 160 px) is trained once per session on synthetic shapes (the
+``trained_run`` fixture in conftest.py); each variant is converted once and shared by the tests (each
+conversion is ~25-35 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -13,25 +14,6 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
-
-TRAIN_STEPS = 330
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """(run_dir, train_dir, val_dir): a tiny SSD trained ~1.5 min to a non-trivial mAP."""
-    from convert.config import SSDConfig
-    from convert.data.synth import write_synthetic_voc
-    from convert.train import train
-
-    root = tmp_path_factory.mktemp("shapes")
-    train_set = write_synthetic_voc(root / "train", 240, size=160, seed=1)
-    write_synthetic_voc(root / "val", 80, size=160, seed=2)
-    config = SSDConfig.create(list(train_set.labels), input_size=160, width=0.35)
-    run_dir = root / "run"
-    train(config, train_set, run_dir, epochs=TRAIN_STEPS // 15, batch_size=16, steps_per_epoch=15,
-          learning_rate=4e-3, verbose=0)
-    return run_dir, root / "train", root / "val"
 
 
 def _convert(trained_run, tmp_path_factory, name: str, *extra: str):

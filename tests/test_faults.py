@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import MjpegServer
+from helpers import MjpegServer, PortHold
 
 from edge.detector.detector import Detector
 from edge.live.loop import LiveLoop
@@ -72,10 +72,12 @@ def test_stream_that_disappears_and_comes_back(detector):
     while loop.processed < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     server.close()  # the camera goes away...
+    hold = PortHold(port)  # (its port refuses connections meanwhile, and no other socket gets it)
     down_at = loop.processed
     time.sleep(2.5)
     assert loop.processed - down_at <= 3, "frames kept coming while the server was down"
     server = MjpegServer(port=port)  # ...and comes back on the same address
+    hold.release()
     try:
         thread.join(40)
     finally:
@@ -266,23 +268,45 @@ def test_signal_mid_run_closes_sinks_cleanly(ssd_model_path, coco_labels_path, t
 def test_a_stream_that_comes_up_late_is_waited_for(tmp_path):
     """--wait-for-source: the stream's port answers nothing for ~2 s, then serves; the run waits with a
     line per try instead of exiting, then processes frames."""
-    import socket
+    hold = PortHold()  # refuses connections until the server takes the port over
+    port = hold.port
+    # The server comes up 2 s after the run started *and* once the run has said it waits: a fixed
+    # timer alone raced the child's start-up (over 2 s on a loaded machine, e.g. beside another xdist
+    # worker), so the stream could be up before the run first looked.
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--source", f"http://127.0.0.1:{port}/s.mjpg",
+                             "--wait-for-source", "30", "--max-frames", "5", "--stats-every", "0", "--threads", "1"],
+                            cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    err_lines: list[str] = []
+    waiting = threading.Event()
 
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    servers = []
-    timer = threading.Timer(2.0, lambda: servers.append(MjpegServer(port=port)))
-    timer.start()
+    def read_stderr():
+        for line in proc.stderr:
+            err_lines.append(line)
+            if "waiting for the source" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    server = None
     try:
-        result = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--source", f"http://127.0.0.1:{port}/s.mjpg",
-                                 "--wait-for-source", "30", "--max-frames", "5", "--stats-every", "0", "--threads", "1"],
-                                cwd=PROJECT, capture_output=True, text=True, timeout=90)
+        deadline = started + 60
+        while not waiting.wait(0.05) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
+        server = MjpegServer(port=port)
+        hold.release()
+        stdout = proc.stdout.read()
+        proc.wait(timeout=90)
+        reader.join(10)
     finally:
-        timer.cancel()
-        for server in servers:
+        hold.release()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if server is not None:
             server.close()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(err_lines))
     assert result.returncode == 0, result.stderr
     assert "waiting for the source" in result.stderr and "5 processed" in result.stderr
     quick = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--source", f"http://127.0.0.1:{port}/s.mjpg",

@@ -22,22 +22,6 @@ def _iou(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory, images_dir):
-    """scikit-image's public-domain photos (generated into tmp) plus the real fixture photos read in place."""
-    folder = tmp_path_factory.mktemp("calib")
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field"):
-        image = getattr(skimage_data, name)()
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2BGR))
-    for path in images_dir.iterdir():
-        image = cv2.imread(str(path))
-        if image is not None:  # re-encoded into tmp (the converter reads one folder)
-            cv2.imwrite(str(folder / f"fixture_{path.stem}.png"), image)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def person_model(tmp_path_factory, odapi_frozen_graph, calib_dir):
     from edge.cli import main
 

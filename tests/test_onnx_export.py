@@ -2,8 +2,9 @@
 matches the float TFLite model on ONNX Runtime, and the parity gate that refuses one that does not.
 
 Sources: the OD API SSDLite person frozen graph (the astronaut, against TensorFlow's own run of the
-graph), the tiny SSD that tests/test_export.py trains once per session (its run directory, and the
-same network saved as a TF2 OD API-style SavedModel).
+graph), the tiny SSD trained once per session for tests/test_export.py too (conftest.py's
+``trained_run``: its run directory, and the same network saved as a TF2 OD API-style SavedModel).
+Calibration photos: conftest.py's ``calib_dir``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 
-from test_export import trained_run  # noqa: E402,F401  (the tiny SSD, trained once per session)
-from test_odapi import calib_dir  # noqa: E402,F401  (photos: skimage's and the shared fixtures')
-
 
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -37,7 +35,7 @@ def _report(model_path):
 
 
 @pytest.fixture(scope="module")
-def person_onnx(tmp_path_factory, odapi_frozen_graph, calib_dir):  # noqa: F811
+def person_onnx(tmp_path_factory, odapi_frozen_graph, calib_dir):
     from edge.cli import main
 
     out = tmp_path_factory.mktemp("odapi_onnx") / "person.onnx"
@@ -120,7 +118,7 @@ def test_frozen_graph_onnx_contract_metadata_and_report(person_onnx, odapi_froze
     assert report["models"]["onnx"]["stats"]["size_bytes"] == person_onnx.stat().st_size
 
 
-def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, capsys):  # noqa: F811
+def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, capsys):
     from convert.conversion import ConvertOptions, convert
     from edge.cli import main
 
@@ -144,7 +142,7 @@ def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, ca
     assert image.name in capsys.readouterr().out
 
 
-def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):  # noqa: F811
+def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):
     """The trained network saved the way export_tflite_graph_tf2.py does (empty post-process function)."""
     import tensorflow as tf
 
@@ -189,7 +187,7 @@ def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):  # no
     assert backend.model_info().provenance["source_kind"] == "OD API TF2 SavedModel"
 
 
-def test_an_export_that_differs_exits_3_and_writes_nothing(odapi_frozen_graph, calib_dir, tmp_path, capsys,  # noqa: F811
+def test_an_export_that_differs_exits_3_and_writes_nothing(odapi_frozen_graph, calib_dir, tmp_path, capsys,
                                                            monkeypatch):
     """An ONNX tail decoding against wrong anchors (shifted down 5% of the image) must not reach the disk."""
     from convert import onnx_export
