@@ -264,6 +264,19 @@ def main(args: argparse.Namespace) -> int:
 
     cluster, workers = _cluster(args)
 
+    from convert.data.pseudo import images_only
+
+    # The data and the teacher's labels are read before TensorFlow starts: a mismatch is one line in
+    # a second, and it cannot be masked by TensorFlow having started already (as in a test process).
+    pseudo = args.teacher is not None and images_only(args.data)
+    if not pseudo:
+        dataset, train_set, val = _datasets(args)
+        config = _student_config(args, dataset.labels)
+        if args.teacher is not None:
+            from convert.distill import check_compatible, check_teacher_dir
+
+            check_compatible(check_teacher_dir(args.teacher), config, f"--teacher {args.teacher}")
+
     # First TensorFlow contact of the process: GPU memory settings must come before anything else.
     from convert.gpu import configure_gpus, mirrored_strategy_if_needed
 
@@ -272,16 +285,13 @@ def main(args: argparse.Namespace) -> int:
     print(setup.describe())
     multi_worker = workers.create_strategy(cluster, args.worker_timeout) if cluster else None
 
-    from convert.data.pseudo import images_only
     from convert.losses import LossConfig
     from convert.train import train
 
     teacher = None
-    if args.teacher is not None and images_only(args.data):
+    if pseudo:
         config, teacher, train_set, val = _pseudo_labelled(args)
     else:
-        dataset, train_set, val = _datasets(args)
-        config = _student_config(args, dataset.labels)
         if args.teacher is not None:
             from convert.distill import Teacher
 
