@@ -12,7 +12,7 @@ import os
 import sys
 
 from edge.errors import EdgeError
-from edge.signals import install_stop_signals
+from edge.signals import install_stop_signals, interrupted
 
 # name -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,10 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeError as exc:
         if debug:
             raise
+        if interrupted():
+            print(f"edge: interrupted ({interrupted()})", file=sys.stderr)
+            return 130
         print(f"edge: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"edge: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+        return 130
+    except Exception:
+        # A stop signal raised inside a C extension (TensorFlow's tracing) can surface as a
+        # SystemError or TypeError instead of KeyboardInterrupt; it is still a stop, not a bug.
+        name = interrupted()
+        if name is None or debug:
+            raise
+        print(f"edge: interrupted ({name})", file=sys.stderr)
         return 130
     except BrokenPipeError:
         _quiet_stdout()

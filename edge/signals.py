@@ -27,6 +27,7 @@ def install_stop_signals():
     thread only (signal handlers cannot be set elsewhere); a no-op otherwise."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
+    _received.clear()  # a signal remembered from an earlier command in this process is not this one's
     previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
 
     def restore() -> None:

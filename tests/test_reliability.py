@@ -167,3 +167,49 @@ def test_desktop_commands_refuse_outputs_onto_inputs_and_bad_locations(tmp_path,
     one_line_error(edge("data", "synth", "--out", model, "--n", "2"), "is a file")
     one_line_error(edge("train", "--data", data, "--out", data / "x.json"), "is a file")
     assert model.stat().st_size == size
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_that_a_library_turns_into_another_error_still_exits_130(signame):
+    """TensorFlow's C code can turn the KeyboardInterrupt our handler raises into a SystemError or
+    TypeError; the command still ends as interrupted: exit 130, one line, no traceback."""
+    script = f"""
+import os, signal, sys
+from edge import cli
+
+def add_arguments(parser):
+    pass
+
+def main(args):
+    try:
+        os.kill(os.getpid(), signal.{signame})
+        signal.pause() if hasattr(signal, "pause") else None
+    except KeyboardInterrupt:
+        raise TypeError("a C extension reported the interrupt as this") from None
+
+cli.COMMANDS["stopper"] = ("__main__", "a command that is stopped by a signal")
+sys.exit(cli.main(["stopper"]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [f"edge: interrupted ({signame})"]
+
+
+def test_an_error_without_a_stop_signal_is_not_reported_as_an_interrupt():
+    script = """
+import sys
+from edge import cli
+
+def add_arguments(parser):
+    pass
+
+def main(args):
+    raise TypeError("a real bug")
+
+cli.COMMANDS["broken"] = ("__main__", "a command with a bug")
+sys.exit(cli.main(["broken"]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "TypeError: a real bug" in result.stderr and "interrupted" not in result.stderr
