@@ -58,11 +58,14 @@ def int8_bytes(model, samples: np.ndarray) -> bytes:
     from convert.tf import import_tensorflow
 
     tf = import_tensorflow()
-    # A concrete function, not from_keras_model: that one saves a Keras SavedModel first, tracing
-    # every layer's call, which is most of its time on a 150-layer SSD.
+    # A concrete function with only the variables behind it, not from_keras_model or the model as
+    # the trackable: either saves a Keras SavedModel first, tracing every layer's call, which is
+    # most of the time on a 150-layer SSD (convert.export.weights_only).
+    from convert.export import weights_only
+
     spec = tf.TensorSpec((1, *model.input_shape[1:]), tf.float32)
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], weights_only(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([s[None]] for s in samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
