@@ -222,7 +222,7 @@ def test_bad_input_is_one_line(tiny_model, tmp_path, capsys):
 
 def test_providers_not_installed_name_what_to_install(tiny_model):
     from edge.backends import open_backend
-    from edge.backends.onnxruntime import choose_providers, parse_providers
+    from edge.backends.onnx_providers import choose_providers, parse_providers
 
     assert parse_providers("TensorRT, cuda,cpu") == ("tensorrt", "cuda", "cpu")
     assert choose_providers(None, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (["cuda", "cpu"], [])
@@ -242,7 +242,7 @@ def test_providers_not_installed_name_what_to_install(tiny_model):
 
 
 def test_operators_and_weights_read_without_onnx(tiny_model):
-    from edge.backends.onnxruntime import scan_onnx
+    from edge.backends.onnx_file import scan_onnx
 
     scanned = scan_onnx(tiny_model)
     model = onnx.load(str(tiny_model))
@@ -255,7 +255,7 @@ def test_operators_and_weights_read_without_onnx(tiny_model):
 def test_tensorrt_calibration_table_is_made_on_the_cpu(tiny_model, tmp_path, images_dir):
     """The INT8 table the TensorRT provider reads; made by ONNX Runtime's calibrator on the CPU."""
     pytest.importorskip("onnxruntime.quantization")
-    from edge.backends.onnxruntime import CALIBRATION_TABLE, tensorrt_options, write_tensorrt_calibration
+    from edge.backends.tensorrt import CALIBRATION_TABLE, tensorrt_options, write_tensorrt_calibration
 
     table = write_tensorrt_calibration(tiny_model, images_dir, tmp_path / "cache", limit=2)
     assert table.name == CALIBRATION_TABLE and table.stat().st_size > 0

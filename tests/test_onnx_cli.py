@@ -134,7 +134,7 @@ def test_tensorrt_options_reach_the_session_request(tiny, image, tmp_path, prete
 
 def test_tensorrt_int8_calibrates_from_calib_into_the_cache(tiny, image, tmp_path, photos, pretend_tensorrt):
     pytest.importorskip("onnxruntime.quantization")
-    from edge.backends.onnxruntime import CALIBRATION_TABLE
+    from edge.backends.tensorrt import CALIBRATION_TABLE
 
     cache = tmp_path / "int8"
     detector = detector_for([str(tiny), str(image), "--providers", "tensorrt,cpu", "--trt-cache", str(cache),

@@ -81,7 +81,7 @@ def threads_or_auto(text: str) -> int | str:
 
 def provider_list(text: str) -> tuple[str, ...]:
     """``--providers tensorrt,cuda,cpu``: known names, in preference order; an unknown one names what is available."""
-    from edge.backends.onnxruntime import PROVIDERS, available_text, installed_providers
+    from edge.backends.onnx_providers import PROVIDERS, available_text, installed_providers
 
     names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
     installed = installed_providers()

@@ -54,10 +54,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import cv2
-import numpy as np
 
 from edge.errors import EdgeError, first_line
 from edge.files import atomic_path
+from edge.live.clip_folder import ClipFolder, file_size
+from edge.live.clip_ring import PreRollRing
 from edge.live.sinks import Sink
 from edge.live.video import _FOURCC, BROWSER_PLAYABLE, DISK_RESERVE, _has_mp4_index, _stderr_silenced
 
@@ -162,14 +163,11 @@ class ClipSink(Sink):
         self.skipped_clips = 0  # events that found the disk full
         self.triggers = 0  # triggering events seen
         self.problems: list[str] = []
-        self._ring: np.ndarray | None = None
-        self._seqs = np.zeros(self.capacity, np.int64)
-        self._stamps = np.zeros(self.capacity, np.float64)
-        self._head = -1  # slot of the newest frame
-        self._count = 0
+        self._ring = PreRollRing(self.capacity)
+        self._files = ClipFolder(self.folder, self.prefix, self.suffix)
         self._clip: _OpenClip | None = None
         self._pending_close = False  # the newest frame is past the clip's end: close unless an event extends it
-        self._remove_dead_parts()
+        self._files.remove_dead_parts(time.time() - self.max_seconds - STALE_PART_MARGIN, self._log)
         self._retain()
 
     # ---- memory -------------------------------------------------------------------------------
@@ -177,34 +175,15 @@ class ClipSink(Sink):
     @property
     def ring_bytes(self) -> int:
         """Bytes of the preallocated ring (0 until its frame size is known)."""
-        return self._ring.nbytes if self._ring is not None else 0
+        return self._ring.nbytes
 
     def ring_bytes_for(self, shape: tuple[int, ...]) -> int:
         """What the ring takes for frames of ``shape``: ``capacity * H * W * 3``."""
-        return self.capacity * int(shape[0]) * int(shape[1]) * 3
+        return self._ring.nbytes_for(shape)
 
     def presize(self, shape: tuple[int, ...]) -> None:
         """Allocate the ring for frames of ``shape`` now (made resident, so RSS shows it at once)."""
-        if self._ring is None:
-            ring = np.empty((self.capacity, int(shape[0]), int(shape[1]), 3), np.uint8)
-            ring.fill(0)
-            self._ring = ring
-
-    def _push(self, image: np.ndarray, seq: int, stamp: float) -> int:
-        if self._ring is None:
-            self.presize(image.shape)
-        slot = (self._head + 1) % self.capacity
-        target = self._ring[slot]
-        if image.shape[:2] == target.shape[:2] and image.ndim == 3 and image.shape[2] == 3:
-            np.copyto(target, image)
-        else:  # another size (or grey): into the slot at the ring's size
-            if image.ndim == 2 or image.shape[2] != 3:
-                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_BGRA2BGR)
-            cv2.resize(image, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
-        self._seqs[slot], self._stamps[slot] = seq, stamp
-        self._head = slot
-        self._count = min(self._count + 1, self.capacity)
-        return slot
+        self._ring.presize(shape)
 
     # ---- the sink -----------------------------------------------------------------------------
 
@@ -212,7 +191,7 @@ class ClipSink(Sink):
         image = annotated if self.annotate and annotated is not None else frame.image
         if self._pending_close:  # the last frame was past the end and no event came with it
             self._finish()
-        slot = self._push(image, frame.seq, frame.stamp)
+        slot = self._ring.push(image, frame.seq, frame.stamp)
         clip = self._clip
         if clip is None:
             return
@@ -239,7 +218,7 @@ class ClipSink(Sink):
         clip.until = max(clip.until, frame.stamp + self.post_roll)
         if self._pending_close:  # this frame is part of the clip after all
             self._pending_close = False
-            self._append(clip, self._head)
+            self._append(clip, self._ring.head)
 
     def _triggers(self, event) -> bool:
         if event.kind not in self.kinds:
@@ -266,24 +245,9 @@ class ClipSink(Sink):
 
     # ---- clips --------------------------------------------------------------------------------
 
-    def _free(self) -> int | None:
-        try:
-            vfs = os.statvfs(self.folder)
-        except OSError:
-            return None
-        return vfs.f_bavail * vfs.f_frsize
-
-    def _name(self, stamp: float, seq: int) -> Path:
-        base = f"{self.prefix}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{seq}"
-        path, n = self.folder / f"{base}{self.suffix}", 1
-        while path.exists():
-            n += 1
-            path = self.folder / f"{base}-{n}{self.suffix}"
-        return path
-
     def _open(self, frame, event) -> None:
         self._retain()
-        free = self._free()
+        free = self._files.free()
         if self.reserve and free is not None and free < self.reserve:
             self.skipped_clips += 1
             if self.skipped_clips <= 3 or self.skipped_clips % 100 == 0:
@@ -292,8 +256,8 @@ class ClipSink(Sink):
                           f"({self.skipped_clips} so far)")
             return
         ring = self._ring
-        height, width = ring.shape[1:3]
-        final = self._name(frame.stamp, frame.seq)
+        height, width = ring.frames.shape[1:3]
+        final = self._files.name(frame.stamp, frame.seq)
         manager = atomic_path(final)
         tmp = manager.__enter__()
         writer, codec = self._writer(tmp, (width, height))
@@ -309,13 +273,10 @@ class ClipSink(Sink):
         self._clip = clip
         self.current_clip = final
         # The pre-roll: ring frames before this one, oldest first, no older than pre_roll seconds.
-        oldest = frame.stamp - self.pre_roll - 0.5 / self.fps
-        for back in range(self._count - 1, 0, -1):
-            slot = (self._head - back) % self.capacity
-            if self._stamps[slot] >= oldest:
-                self._append(clip, slot)
-                clip.pre_frames += 1
-        self._append(clip, self._head)
+        for slot in ring.earlier(frame.stamp - self.pre_roll - 0.5 / self.fps):
+            self._append(clip, slot)
+            clip.pre_frames += 1
+        self._append(clip, ring.head)
 
     def _writer(self, tmp: Path, size: tuple[int, int]):
         """An open cv2.VideoWriter for ``tmp`` and its fourcc: the cached codec, else the first that opens."""
@@ -339,8 +300,8 @@ class ClipSink(Sink):
         return None, None
 
     def _append(self, clip: _OpenClip, slot: int) -> None:
-        clip.writer.write(self._ring[slot])
-        stamp = float(self._stamps[slot])
+        clip.writer.write(self._ring.frames[slot])
+        stamp = float(self._ring.stamps[slot])
         if not clip.frames:
             clip.start = stamp
         clip.end = stamp
@@ -348,7 +309,7 @@ class ClipSink(Sink):
         clip.since_check += 1
         if self.reserve and clip.since_check >= CHECK_FRAMES:
             clip.since_check = 0
-            free = self._free()
+            free = self._files.free()
             if free is not None and free < self.reserve // 2:
                 self.problems.append(f"--clips {self.folder}: disk full; {clip.final.name} cut short at "
                                      f"{clip.frames} frames")
@@ -380,7 +341,7 @@ class ClipSink(Sink):
             self._problem(f"{clip.final.name}: cannot rename it into place ({exc.strerror})")
             return
         info = ClipInfo(clip.final, clip.frames, clip.pre_frames, clip.start, clip.end, clip.events,
-                        clip.first_event, clip.codec, _size(clip.final))
+                        clip.first_event, clip.codec, file_size(clip.final))
         self.clips.append(info)
         self.last_clip = clip.final
         self._retain()
@@ -391,73 +352,5 @@ class ClipSink(Sink):
         self.problems.append(f"--clips {self.folder}: {message}")
         self._log(self.problems[-1])
 
-    # ---- retention ----------------------------------------------------------------------------
-
-    def _existing(self) -> list[tuple[float, int, Path]]:
-        """(mtime, bytes, path) of this prefix's finished clips in the folder, oldest first."""
-        found = []
-        try:
-            entries = list(os.scandir(self.folder))
-        except OSError:
-            return found
-        for entry in entries:
-            name = entry.name
-            if name.startswith(f"{self.prefix}-") and name.endswith(self.suffix):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.is_file(follow_symlinks=False):
-                    found.append((st.st_mtime, st.st_size, Path(entry.path)))
-        found.sort()
-        return found
-
     def _retain(self) -> None:
-        """Remove the oldest clips while there are more than ``max_clips``, more than ``max_bytes``
-        in all, or clips older than ``max_age`` seconds."""
-        if self.max_clips is None and self.max_bytes is None and self.max_age is None:
-            return
-        clips = self._existing()
-        total = sum(size for _, size, _ in clips)
-        now = time.time()
-        while clips:
-            mtime, size, path = clips[0]
-            over = ((self.max_clips is not None and len(clips) > self.max_clips)
-                    or (self.max_bytes is not None and total > self.max_bytes)
-                    or (self.max_age is not None and now - mtime > self.max_age))
-            if not over:
-                break
-            clips.pop(0)
-            total -= size
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self._problem(f"cannot remove old clip {path.name} ({exc.strerror})")
-                break
-            self.removed.append(path)
-
-    def _remove_dead_parts(self) -> None:
-        """Temporary files of clips whose writer died (SIGKILL, power loss): no index, never playable."""
-        limit = time.time() - self.max_seconds - STALE_PART_MARGIN
-        try:
-            entries = list(os.scandir(self.folder))
-        except OSError:
-            return
-        for entry in entries:
-            name = entry.name
-            if name.startswith(f".{self.prefix}-") and ".part" in name and name.endswith(self.suffix):
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime < limit:
-                        os.unlink(entry.path)
-                        self._log(f"--clips {self.folder}: removed {name}, left by a run that was killed")
-                except OSError:
-                    pass
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+        self._files.retain(self.max_clips, self.max_bytes, self.max_age, self.removed, self._problem)
