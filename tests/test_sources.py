@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -87,6 +88,31 @@ def test_video_file_reads_in_place_and_loops(traffic_video):
     assert looped.frames_read == 45 and len(buffers) == 1, "decoded into one reused array, rewound at the end"
     assert open_source(str(traffic_video), realtime=True).live
     assert first.shape == (540, 960, 3)
+
+
+def _threads_added_by_reading(source) -> int:
+    import os
+
+    before = len(os.listdir("/proc/self/task"))
+    assert source.read() is not None
+    return len(os.listdir("/proc/self/task")) - before
+
+
+@pytest.mark.skipif(not hasattr(cv2, "CAP_PROP_N_THREADS"), reason="this OpenCV has no CAP_PROP_N_THREADS")
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc/self/task (Linux)")
+def test_a_file_for_the_detector_is_decoded_on_the_capture_thread_alone(traffic_video):
+    """No FFmpeg decoder threads beside the interpreter's for a file read at the detector's pace; a
+    realtime (live) file keeps FFmpeg's own choice, since it must decode at the stream's rate."""
+    spec = str(traffic_video)
+    paced = open_source(spec)
+    assert _threads_added_by_reading(paced) == 0
+    paced.close()
+    realtime = open_source(spec, realtime=True)
+    assert realtime.live and realtime._decoder_threads() == 0
+    realtime.close()
+    ffmpeg_choice = VideoCaptureSource(spec, spec, cv2.CAP_FFMPEG, kind="file", live=False, decode_threads=0)
+    assert _threads_added_by_reading(ffmpeg_choice) > 0  # the check above can fail
+    ffmpeg_choice.close()
 
 
 def test_image_folder_and_glob_skip_unreadable(tmp_path):

@@ -28,8 +28,10 @@ class VideoCaptureSource(Source):
     """
 
     def __init__(self, spec: str, target, api: int, *, kind: str, live: bool, loop: bool = False,
-                 realtime: bool = False, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
+                 realtime: bool = False, stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                 decode_threads: int | None = None) -> None:
         super().__init__(spec)
+        self.decode_threads = decode_threads  # None: see _decoder_threads
         self._target = target
         self._api = api
         self.kind = kind
@@ -51,7 +53,16 @@ class VideoCaptureSource(Source):
             # FFmpeg's interrupt callback turns a hung network read into a failed read we can handle.
             timeout_ms = int(max(1.0, self.stall_timeout) * 1000)
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-        cap = cv2.VideoCapture(self._target, self._api, params) if params else cv2.VideoCapture(self._target, self._api)
+        threads = self._decoder_threads()
+        cap = None
+        if threads:
+            cap = cv2.VideoCapture(self._target, self._api, params + [cv2.CAP_PROP_N_THREADS, threads])
+            if not cap.isOpened():  # an OpenCV build whose FFmpeg backend refuses the parameter
+                cap.release()
+                cap = None
+        if cap is None:
+            cap = cv2.VideoCapture(self._target, self._api, params) if params else cv2.VideoCapture(self._target,
+                                                                                                   self._api)
         if not cap.isOpened():
             cap.release()
             error = SourceUnavailable if self.kind != "file" else SourceError
@@ -65,6 +76,23 @@ class VideoCaptureSource(Source):
         self.frame_shape = (int(height), int(width), 3) if known else None
         if self._realtime:
             self._pacer = _Pacer(self.fps or SYNTHETIC_FPS)
+
+    def _decoder_threads(self) -> int:
+        """FFmpeg decoder threads to ask for; 0 leaves FFmpeg's own choice (one per core).
+
+        A file read for the detector (not live) is decoded on the capture thread alone: the reader
+        waits for the detector anyway, so decoding only has to keep the detector's pace, and
+        FFmpeg's extra threads would compete with the interpreter's for the cores (fixture video,
+        2 cores, all of them the interpreter's: a median 1.8% faster end to end, 8 of 14 rounds,
+        benchmarks/decode_threads.py; a small gain, kept because it also costs three threads less).
+        Live sources keep FFmpeg's choice: they must decode every frame at the stream's own rate,
+        whatever the detector does.
+        """
+        if self.decode_threads is not None:
+            return self.decode_threads
+        if self._api != cv2.CAP_FFMPEG or self.live or not hasattr(cv2, "CAP_PROP_N_THREADS"):
+            return 0
+        return 1
 
     def describe(self) -> str:
         fps = f", {self.fps:g} fps" if self.fps else ""
