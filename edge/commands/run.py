@@ -74,10 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="publish zone/line events (Frigate-style new/end JSON), counts, occupancy, stats and "
                              "Home Assistant discovery to an MQTT broker: mqtt://[user:pass@]host[:port][/prefix] "
                              "(mqtts:// for TLS against the system's CA store; a user without :pass takes "
-                             "EDGE_MQTT_PASSWORD); topics under edgekit/CAMERA unless /prefix is given. The run "
-                             "never waits for the broker: up to 1000 event messages queue while it is away")
+                             "EDGE_MQTT_PASSWORD); topics under edgekit/CAMERA unless /prefix is given (with --config: "
+                             "each camera under its own name, PREFIX/NAME with a prefix). The run never waits for "
+                             "the broker: up to 1000 event messages queue while it is away")
     parser.add_argument("--camera", default="camera", metavar="NAME",
-                        help="this camera's name in the MQTT topics and the Home Assistant device (default: camera)")
+                        help="this camera's name in the MQTT topics and the Home Assistant device (default: camera; "
+                             "with --config the file names each camera)")
     parser.add_argument("--metrics", metavar="[HOST:]PORT",
                         help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:9108)")
     parser.add_argument("--metrics-token-file", metavar="PATH", type=Path,
@@ -178,20 +180,33 @@ def _event_stage(args: argparse.Namespace, detector, high_score: float):
 def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high_score: float) -> int:
     """``--config``: every camera of the file through one detector (fixed threads: the tuner measures
     one source's frames, and here they are shared)."""
-    from edge.live.cameras_config import build_cameras
+    from edge.live.cameras_config import build_cameras, close_cameras
     from edge.live.multiloop import MultiLoop
 
     cameras, shared = build_cameras(specs, detector, json_target=args.json, clips=args.clips,
                                     clip_options={"pre_roll": args.pre_roll, "post_roll": args.post_roll},
                                     track=tracking, high_score=high_score, low_score=args.track_low_score,
                                     wait=args.wait_for_source > 0, log=_log)
-    notify = []
-    if args.notify:
-        from edge.systemd import SystemdNotifySink
+    notify, mqtt = [], None
+    try:
+        if args.mqtt:  # a sink per camera, added to its sinks: each camera's own topics, as with --camera NAME
+            from edge.events.mqtt_cameras import MqttCameras
 
-        notify.append(SystemdNotifySink())
-    if args.metrics:  # loop-wide: frames, fps, RSS, invoke times of all cameras together
-        notify.append(_metrics_sink(args))
+            mqtt = MqttCameras(args.mqtt, cameras, log=_log)
+            _log(mqtt.describe())
+        if args.notify:
+            from edge.systemd import SystemdNotifySink
+
+            notify.append(SystemdNotifySink())
+        if args.metrics:  # loop-wide: frames, fps, RSS, invoke times of all cameras together
+            notify.append(_metrics_sink(args, mqtt))
+    except BaseException:
+        for sink in notify:
+            sink.close()
+        if mqtt is not None:
+            mqtt.close()
+        close_cameras(cameras, shared)
+        raise
     loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
                      stats_every=args.stats_every, log=_log)
     restore = loop.install_signal_handlers()
@@ -220,16 +235,13 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--video-segment is for the video file: add --video PATH")
     if args.config is not None:
         given = [o for o, v in (("--source", args.source != "synthetic"), ("--zones", args.zones), ("--video", args.video),
-                                ("--preview", args.preview)) if v]
+                                ("--preview", args.preview), ("--camera", args.camera != "camera")) if v]
         if given:
-            raise EdgeError(f"--config names each camera's source and zones: drop {', '.join(given)}")
+            raise EdgeError(f"--config names each camera, its source and zones: drop {', '.join(given)}")
     elif args.clips is not None and args.zones is None:
         raise EdgeError("--clips writes a clip per zone or line event: add --zones FILE")
     if args.metrics_token_file is not None and not args.metrics:
         raise EdgeError("--metrics-token-file is for the metrics: add --metrics [HOST:]PORT")
-    if args.mqtt and args.config is not None:
-        raise EdgeError("--mqtt with --config is not supported yet: run the cameras without it, or one edge run "
-                        "per camera with --mqtt and --camera NAME")
     if args.mqtt:
         from edge.events.mqtt_target import parse_mqtt_url
 
@@ -254,6 +266,10 @@ def main(args: argparse.Namespace) -> int:
         from edge.live.cameras_config import load_cameras_config
 
         specs = load_cameras_config(args.config)
+        if args.mqtt:
+            from edge.events.mqtt_cameras import check_camera_topics
+
+            check_camera_topics([spec.name for spec in specs], f"--config {args.config}")
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
     tracking = args.track or args.zones is not None or bool(specs and any(s.zones for s in specs))
     high_score = args.score

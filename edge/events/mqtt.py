@@ -95,8 +95,8 @@ class MqttSink(Sink):
     :class:`~edge.events.stage.EventStage` (preferred: its tracker tells when an object inside a zone
     is gone) or a :class:`~edge.events.zones.Zones`; it gives the zones, lines and their classes for
     discovery before any event, and the zones' occupancy. Without it, regions are learnt from events.
-    ``log`` gets one line per connection problem and per reconnect. ``discovery_prefix`` ``None``
-    turns Home Assistant discovery off. The rest are the module constants (tests pass small ones).
+    ``log`` gets a line per connection problem (``problems``: shared by several cameras' sinks) and per
+    reconnect. ``discovery_prefix`` ``None``: no Home Assistant discovery. The rest are the module constants.
 
     The connection (:class:`~edge.events.mqtt_connection.MqttConnection`) starts in :meth:`start`
     (the loop calls it before the first frame) and runs on paho's thread; nothing here raises into
@@ -108,7 +108,7 @@ class MqttSink(Sink):
                  stats_every: float = STATS_EVERY, keepalive: int = KEEPALIVE,
                  reconnect_delay: tuple[int, int] = RECONNECT_DELAY, close_timeout: float = CLOSE_TIMEOUT,
                  discovery_prefix: str | None = DISCOVERY_PREFIX, client_id: str | None = None,
-                 model: str | None = None) -> None:
+                 model: str | None = None, problems=None) -> None:
         self.target = url if isinstance(url, MqttTarget) else parse_mqtt_url(url)
         if not str(camera).strip():
             raise EdgeError("--mqtt: the camera name is empty; give a name (it goes into the topics)")
@@ -154,7 +154,7 @@ class MqttSink(Sink):
         self._connection = MqttConnection(self.target, client_id=cid, will_topic=self.availability_topic,
                                           prefix=self.prefix, queue_size=self.queue_size, keepalive=keepalive,
                                           reconnect_delay=reconnect_delay, say=self._say,
-                                          on_connect=self._connected)
+                                          on_connect=self._connected, problems=problems)
         self._ledger.load_regions(self._source)
         self._fit_queue()
 

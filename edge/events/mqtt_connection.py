@@ -3,7 +3,8 @@ thread connects, reconnects and resends what was queued while the broker was awa
 
 Publishing never waits: QoS 1 event messages find room up to ``queue_size`` unacknowledged, state
 messages in the headroom above it (paho's own limit, :meth:`MqttConnection.limit_queue`), and what
-finds no room is counted as dropped. Each connection problem is one log line, not one per retry.
+finds no room is counted as dropped. Each connection problem is one log line, not one per retry,
+and not one per connection when several share a :class:`BrokerProblems` (a camera each, one broker).
 ``paho-mqtt>=2`` is imported when a connection is made, not with this module.
 """
 
@@ -30,18 +31,60 @@ def _import_paho():
     return mqtt, CallbackAPIVersion
 
 
+class BrokerProblems:
+    """The connection problems said so far, shared by the connections of one run to one broker.
+
+    A problem is said by the first connection that has it; others that hit the same one (a broker
+    that is down refuses every camera's connection) stay quiet. It is said again once every
+    connection that had it has connected or moved on to another problem. One connection alone
+    says each problem once, as it always did.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # paho's threads of several connections call in
+        self._holders: dict[str, set[int]] = {}  # problem -> ids of the connections that have it now
+        self._current: dict[int, str] = {}  # connection id -> its problem now
+
+    def say(self, owner, problem: str, message: str, say: Callable[[str], None]) -> None:
+        """``owner`` has ``problem`` now; ``say(message)`` unless another connection has it too."""
+        key = id(owner)
+        with self._lock:
+            self._drop(key)
+            holders = self._holders.setdefault(problem, set())
+            first = not holders
+            holders.add(key)
+            self._current[key] = problem
+        if first:
+            say(message)
+
+    def clear(self, owner) -> None:
+        """``owner`` connected: whatever it had is over for it."""
+        with self._lock:
+            self._drop(id(owner))
+
+    def _drop(self, key: int) -> None:
+        problem = self._current.pop(key, None)
+        if problem is not None:
+            holders = self._holders.get(problem)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self._holders[problem]
+
+
 class MqttConnection:
     """A paho client to ``target`` and its numbers (``published``, ``dropped``, ``connects``, ``attempts``).
 
     ``will_topic`` gets ``offline`` (retained) from the broker when the connection dies; ``prefix``
     is named in the connect line; ``say`` logs; ``on_connect`` runs on paho's thread after every
     successful connect (the sink publishes what the broker should hold then). ``closing`` is set
-    by the owner as it closes, so its own disconnect is not reported as a lost broker.
+    by the owner as it closes, so its own disconnect is not reported as a lost broker. ``problems``:
+    a :class:`BrokerProblems` shared with the other connections to this broker (default: its own).
     """
 
     def __init__(self, target: MqttTarget, *, client_id: str, will_topic: str, prefix: str, queue_size: int,
                  keepalive: int, reconnect_delay: tuple[int, int], say: Callable[[str], None],
-                 on_connect: Callable[[], None]) -> None:
+                 on_connect: Callable[[], None], problems: BrokerProblems | None = None) -> None:
         self._mqtt, api = _import_paho()
         self.target = target
         self.prefix = prefix
@@ -59,6 +102,7 @@ class MqttConnection:
         self._numbers = threading.Lock()
         self._down_since: float | None = None
         self._problem: str | None = None  # the last connection problem logged (each is logged once)
+        self._problems = problems if problems is not None else BrokerProblems()
 
         mqtt = self._mqtt
         client = mqtt.Client(api.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
@@ -168,7 +212,7 @@ class MqttConnection:
     def _problem_once(self, problem: str, message: str) -> None:
         if problem != self._problem:
             self._problem = problem
-            self._say(message)
+            self._problems.say(self, problem, message, self._say)
 
     def _on_pre_connect(self, client, userdata) -> None:
         self.count("attempts")
@@ -194,6 +238,7 @@ class MqttConnection:
         self._say(f"{again}connected to {self.target.describe()}{down}, topics under {self.prefix}/"
                   + (f" ({self.dropped} messages dropped so far)" if self.dropped else ""))
         self._problem = None
+        self._problems.clear(self)
         self._down_since = None
 
     def _on_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
@@ -201,12 +246,11 @@ class MqttConnection:
         self.connected = False
         if was and not self.closing:
             self._down_since = time.monotonic()
-            self._problem = "lost"
             why = str(reason_code)
             if why in ("Unspecified error", "Success", "Normal disconnection"):
                 why = "the connection closed"
-            self._say(f"lost the broker at {self.target.address} ({why}); events queue up (at most "
-                      f"{self.queue_size}) and it keeps retrying (at most {self.reconnect_max} s apart)")
+            self._problem_once("lost", f"lost the broker at {self.target.address} ({why}); events queue up (at most "
+                               f"{self.queue_size}) and it keeps retrying (at most {self.reconnect_max} s apart)")
 
     def _on_connect_fail(self, client, userdata) -> None:
         exc = sys.exc_info()[1]  # paho calls this while handling the connection's OSError

@@ -210,12 +210,17 @@ def build_cameras(specs: list[CameraSpec], detector, *, json_target: str | Path 
             zones = f", {len(config.regions)} zones/lines from {spec.zones}" if config is not None else ""
             log(f"camera {spec.name}: {source.describe()}{live}{zones}")
     except BaseException:
-        for camera in cameras:
-            for sink in camera.sinks:
-                if not isinstance(sink, CameraSink):
-                    sink.close()
-            camera.source.close()
-        for sink in shared:
-            sink.close()
+        close_cameras(cameras, shared)
         raise
     return cameras, shared
+
+
+def close_cameras(cameras: list[Camera], shared: list[Sink]) -> None:
+    """Close what :func:`build_cameras` made, for a run that stops before its loop starts."""
+    for camera in cameras:
+        for sink in camera.sinks:
+            if not isinstance(sink, CameraSink):
+                sink.close()
+        camera.source.close()
+    for sink in shared:
+        sink.close()
