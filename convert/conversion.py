@@ -2,11 +2,12 @@
 
 Four stages, each a function, and :func:`convert` runs them in order:
 
-- :func:`plan`: every cheap check, then the source (:mod:`convert.inputs`), the fine-tuning data,
-  the calibration frames and the held-out set. Every input is read before any slow step, so bad
-  input fails in seconds.
-- :func:`build`: the float reference, channel pruning (:mod:`convert.channel_plan`, then fine-tuning
-  with the unpruned model as teacher), weight sparsity, QAT and the output model, each a timed,
+- :func:`plan` (:mod:`convert.conversion_plan`; the options and their checks are in
+  :mod:`convert.convert_options`): every cheap check, then the source (:mod:`convert.inputs`), the
+  fine-tuning data, the calibration frames and the held-out set. Every input is read before any
+  slow step, so bad input fails in seconds.
+- :func:`build`: the float reference, channel pruning (:mod:`convert.channel_stage`: the widths by
+  :mod:`convert.channel_plan`, then fine-tuning with the unpruned model as teacher), weight sparsity, QAT and the output model, each a timed,
   reported step.
 - :func:`measure`: every model through the board's own code, same data, same metric: the report.
 - :func:`publish`: the ``--max-map-drop`` gate, then the model and its report.
@@ -21,14 +22,15 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from convert.head import PostprocessOptions
-from convert.inputs import Source, load_source
+from convert import channel_stage
+from convert.conversion_plan import Plan, plan
+from convert.convert_options import FORMAT_ONNX, ConvertOptions
 from convert.tflite_edit import embed_metadata, set_postprocess_attributes
 from edge.contract.modelinfo import ModelInfo
 from edge.errors import EdgeError
@@ -40,94 +42,10 @@ from edge.provenance import package_versions
 CONVERT_DISTS = ("edgekit", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert")
 
 
-FORMAT_TFLITE, FORMAT_ONNX = "tflite", "onnx"
-FORMATS = (FORMAT_TFLITE, FORMAT_ONNX)
-
-
 class ValidationFailed(EdgeError):
     """The converted model lost more accuracy than ``--max-map-drop`` allows (no file written)."""
 
     exit_code = 3
-
-
-@dataclass
-class ConvertOptions:
-    source: Path
-    output: Path
-    calib: Path | None = None  # calibration images (int8); default: the fine-tuning data's images
-    val: Path | None = None  # held-out VOC folder (or a folder with one COCO json)
-    coco: Path | None = None  # held-out COCO annotation json (with images)
-    images: Path | None = None
-    data: Path | None = None  # training data for pruning / QAT fine-tuning
-    labels: Path | None = None  # label file for OD API sources
-    sparsity: float = 0.5  # 0 disables pruning
-    prune_steps: int = 300
-    prune_channels: float | None = None  # fraction of the prunable channels removed
-    latency_target: float | None = None  # fraction of the dense int8 network's invoke time
-    channel_steps: int = 300  # fine-tuning steps after channel pruning
-    distill_weight: float = 1.0  # channel-pruned fine-tuning learns from the unpruned model; 0: ground truth only
-    qat: bool = False
-    qat_steps: int = 300
-    float_model: bool = False
-    max_map_drop: float | None = None  # mAP@0.5 points
-    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
-    calib_images: int = 100
-    batch_size: int = 8
-    latency_runs: int = 30
-    num_threads: int | None = None
-    seed: int = 0
-    command: str | None = None  # for provenance
-    format: str = "tflite"  # "onnx": the float model as ONNX (convert.onnx_export), parity-gated
-
-
-class _Steps:
-    """Timed, reported steps."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.records: list[dict] = []
-        self.log = log
-
-    def run(self, name: str, fn: Callable, summary: Callable | str = ""):
-        self.log(f"{name} ...")
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        text = summary(result) if callable(summary) else summary
-        self.records.append({"name": name, "seconds": round(seconds, 2), "summary": text})
-        self.log(f"{name}: {text} ({seconds:.1f} s)" if text else f"{name}: done ({seconds:.1f} s)")
-        return result
-
-
-@dataclass
-class Plan:
-    """What will be converted and how, with every input already read."""
-
-    opts: ConvertOptions
-    output: Path
-    source: Source
-    prune: bool  # pruning asked for and possible (a trainable source)
-    channel_prune: bool  # --prune-channels / --latency-target
-    train_set: object | None  # convert.data.Dataset for pruning / QAT fine-tuning
-    frames: list | None  # int8 calibration frames, float32 [1, H, W, 3] raw pixels
-    val_set: object | None  # held-out convert.data.Dataset for mAP
-    steps: _Steps
-    notes: list[str]
-    started: float  # perf_counter at the start of the conversion
-    parity_images: list[Path] | None = None  # --format onnx: the images the parity gate runs on
-    parity_source: str | None = None  # where they come from, for the report
-
-    @property
-    def quantization(self) -> str:
-        if self.opts.float_model or self.opts.format == FORMAT_ONNX:
-            return "float32"
-        if self.opts.qat:
-            return "int8-pqat" if self.prune else "int8-qat"
-        return "int8-ptq"
-
-    @property
-    def output_is_reference(self) -> bool:
-        """A float model that pruning did not change is the float reference itself."""
-        return self.opts.float_model and not self.prune and not self.channel_prune
 
 
 @dataclass
@@ -145,157 +63,6 @@ class Built:
     @property
     def staged(self) -> Path:
         return list(self.models.values())[-1]
-
-
-# ---------------------------------------------------------------- plan
-
-def _check_options(opts: ConvertOptions) -> Path:
-    opts.postprocess.validate()
-    output = Path(opts.output)
-    if opts.format not in FORMATS:
-        raise EdgeError(f"--format {opts.format!r}: choose {' or '.join(FORMATS)}")
-    if output.suffix.lower() != f".{opts.format}":
-        raise EdgeError(f"-o {output}: the output must be a .{opts.format} file (--format {opts.format})")
-    if opts.format == FORMAT_ONNX:
-        if opts.qat:
-            raise EdgeError("--qat: --format onnx exports the float model; QAT applies to int8 TFLite only")
-        if opts.val is None and opts.coco is None and opts.calib is None:
-            raise EdgeError("--format onnx checks the export against the float TFLite model on images: "
-                            "pass --val DIR (or --coco ANN.json --images DIR) or --calib DIR")
-    if output.parent.exists() and not output.parent.is_dir():
-        raise EdgeError(f"-o {output}: {output.parent} is not a directory")
-    if opts.max_map_drop is not None and opts.val is None and opts.coco is None:
-        raise EdgeError("--max-map-drop needs a held-out set to measure on: --val DIR or --coco ANN.json --images DIR")
-    if not 0.0 <= opts.sparsity < 1.0:
-        raise EdgeError(f"--sparsity {opts.sparsity}: must be in [0, 1) (0 disables pruning)")
-    if opts.prune_channels is not None and not 0.0 <= opts.prune_channels < 1.0:
-        raise EdgeError(f"--prune-channels {opts.prune_channels}: must be in [0, 1) "
-                        "(the fraction of the prunable channels removed)")
-    if opts.latency_target is not None and not 0.0 < opts.latency_target < 1.0:
-        raise EdgeError(f"--latency-target {opts.latency_target}: must be between 0 and 1 "
-                        "(a fraction of the dense int8 model's invoke time)")
-    if opts.channel_steps < 0:
-        raise EdgeError(f"--channel-steps {opts.channel_steps}: must be 0 or more")
-    if opts.distill_weight < 0:
-        raise EdgeError(f"--distill-weight {opts.distill_weight}: must be 0 or more (0: no teacher)")
-    if _wants_channel_pruning(opts) and opts.format == FORMAT_ONNX:
-        raise EdgeError("--prune-channels / --latency-target: --format onnx exports the float model as trained; "
-                        "channel pruning applies to --format tflite")
-    _check_paths(opts, output)
-    return output
-
-
-def _check_paths(opts: ConvertOptions, output: Path) -> None:
-    """Before any work: the model and its report may land on no input and must be writable."""
-    from convert.report import report_path
-    from edge.files import FILE, FOLDER, check_paths
-
-    inputs = [("SOURCE", opts.source), ("--calib", opts.calib), ("--val", opts.val), ("--coco", opts.coco),
-              ("--images", opts.images), ("--data", opts.data), ("--labels", opts.labels)]
-    check_paths(inputs, [("-o", output.parent, FOLDER), ("-o", output, FILE),
-                         ("the report", report_path(output), FILE)])
-
-
-def _dataset(path: Path, labels: list[str] | None, option: str):
-    from convert.data import load_dataset
-
-    try:
-        return load_dataset(path, labels=labels)
-    except EdgeError as exc:
-        raise EdgeError(str(exc).replace("--data", option, 1)) from None
-
-
-def _validation_set(opts: ConvertOptions):
-    from convert.data import load_coco
-
-    if opts.coco is not None:
-        if opts.images is None:
-            raise EdgeError("--coco needs --images DIR (the folder its file_name entries are relative to)")
-        dataset = load_coco(opts.coco, opts.images)
-    elif opts.val is not None:
-        dataset = _dataset(opts.val, None, "--val")
-    else:
-        return None
-    if not dataset.samples:
-        raise EdgeError(f"--val {opts.val or opts.coco}: no usable images")
-    return dataset
-
-
-def _wants_pruning(opts: ConvertOptions, source: Source, notes: list[str]) -> bool:
-    if opts.format == FORMAT_ONNX:
-        if opts.sparsity > 0.0 and source.trainable:
-            notes.append("pruning skipped: --format onnx exports the float model as trained")
-        return False
-    if opts.sparsity > 0.0 and not source.trainable:
-        notes.append(f"pruning skipped: a {source.kind} has no trainable weights to fine-tune")
-    if opts.qat and not source.trainable:
-        raise EdgeError(f"--qat: a {source.kind} has no trainable weights; convert it without --qat (PTQ)")
-    return opts.sparsity > 0.0 and source.trainable
-
-
-def _wants_channel_pruning(opts: ConvertOptions) -> bool:
-    return opts.prune_channels is not None or opts.latency_target is not None
-
-
-def _check_channel_pruning(opts: ConvertOptions, source: Source) -> bool:
-    if not _wants_channel_pruning(opts):
-        return False
-    if not source.trainable:
-        option = "--prune-channels" if opts.prune_channels is not None else "--latency-target"
-        raise EdgeError(f"{option}: a {source.kind} has no trainable weights here to rebuild narrower and "
-                        "fine-tune; prune the training run or Keras model it came from")
-    return True
-
-
-def _training_set(opts: ConvertOptions, source: Source):
-    data_path = opts.data or (source.config.training.get("data") if source.config else None)
-    if not data_path:
-        raise EdgeError("pruning and --qat fine-tune on the training data: pass --data DIR "
-                        "(or --sparsity 0 to skip weight pruning)")
-    return _dataset(Path(data_path), source.labels, "--data")
-
-
-def _calibration_paths(calib_paths: list[Path] | None, train_set, notes: list[str]) -> list[Path]:
-    if calib_paths is not None:
-        return calib_paths
-    if train_set is not None:
-        notes.append("calibrated on the fine-tuning data (no --calib given)")
-        return [s.image_path for s in train_set.samples]
-    raise EdgeError("int8 conversion needs calibration images: pass --calib DIR (or --float)")
-
-
-def plan(opts: ConvertOptions, log: Callable[[str], None] = print) -> Plan:
-    """Check ``opts`` and read every input; when this fails, nothing slow has run yet."""
-    from convert import quantize
-
-    started = time.perf_counter()
-    output = _check_options(opts)
-    steps, notes = _Steps(log), []
-    # Cheap checks of the user's folders first: a typo should not cost a model load.
-    calib_paths = quantize.list_images(opts.calib) if opts.calib is not None and not opts.float_model else None
-    val_set = _validation_set(opts)
-    source = steps.run("load", lambda: load_source(opts.source, opts.labels), Source.describe)
-    prune = _wants_pruning(opts, source, notes)
-    channel_prune = _check_channel_pruning(opts, source)
-    train_set = _training_set(opts, source) if prune or opts.qat or channel_prune else None
-    frames = None
-    parity_images, parity_source = None, None
-    if opts.format == FORMAT_ONNX:
-        if val_set is not None:
-            parity_images = [s.image_path for s in val_set.samples]
-            parity_source = f"the held-out set {opts.val or opts.coco}"
-        else:
-            parity_images = quantize.list_images(opts.calib)[:opts.calib_images]
-            parity_source = f"the calibration images --calib {opts.calib} (unlabelled: no mAP compared)"
-    elif not opts.float_model:
-        paths = _calibration_paths(calib_paths, train_set, notes)
-        height, width = source.head.input_size
-        frames = steps.run("calibration images", lambda: quantize.load_calibration_frames(
-            paths, height, width, opts.calib_images), lambda f: f"{len(f)} images via FrameBuffer")
-    return Plan(opts=opts, output=output, source=source, prune=prune, channel_prune=channel_prune,
-                train_set=train_set, frames=frames,
-                val_set=val_set, steps=steps, notes=notes, started=started, parity_images=parity_images,
-                parity_source=parity_source)
 
 
 # ---------------------------------------------------------------- build
@@ -346,61 +113,6 @@ def _prune(plan: Plan, model):
     return prune_model(model, opts.sparsity, opts.prune_steps, tuner)
 
 
-def _importance_images(plan: Plan, limit: int = 64):
-    """Normalised float inputs for channel importance: the calibration frames, or the training images."""
-    import numpy as np
-
-    from convert import quantize
-
-    frames = plan.frames
-    if frames is None:
-        height, width = plan.source.head.input_size
-        frames = quantize.load_calibration_frames([s.image_path for s in plan.train_set.samples], height, width,
-                                                  limit)
-    norm = plan.source.config.normalization
-    return np.concatenate([(f - norm.mean) / norm.std for f in frames[:limit]]).astype(np.float32)
-
-
-def _channel_prune(plan: Plan):
-    """Narrow the model by measured int8 latency, then fine-tune it (the unpruned model teaching)."""
-    from convert import channel_plan
-    from convert.finetune import make_fine_tuner
-
-    opts, steps = plan.opts, plan.steps
-    images = steps.run("channel importance images", lambda: _importance_images(plan),
-                       lambda x: f"{len(x)} images")
-    result = steps.run("channel prune", lambda: channel_plan.prune_channels(
-        plan.source.model, images, opts.prune_channels, opts.latency_target, runs=opts.latency_runs,
-        num_threads=opts.num_threads, log=steps.log), lambda r: channel_plan.describe(r.record))
-    record = result.record
-    if record.get("latency_target_missed"):
-        plan.notes.append(f"--latency-target {opts.latency_target}: not reached within "
-                          f"{channel_plan.MAX_LATENCY_ROUNDS} rounds (see channel_pruning.rounds)")
-    teacher, distill = None, None
-    if opts.distill_weight > 0:
-        from convert.distill import DistillConfig, Teacher
-
-        config = plan.source.config
-        teacher = Teacher(plan.source.model, config, config)
-        distill = DistillConfig(weight=opts.distill_weight)
-    record["distillation"] = {"teacher": "the unpruned model" if teacher else None,
-                              "weight": opts.distill_weight if teacher else 0.0}
-    if opts.channel_steps:
-        tuner = make_fine_tuner(plan.source.config, plan.train_set, opts.batch_size, seed=opts.seed + 2,
-                                log=steps.log, teacher=teacher, distill=distill)
-        record["fine_tune"] = steps.run("channel fine-tune", lambda: tuner(result.model, opts.channel_steps, []),
-                                        lambda r: f"{r['steps']} steps, loss {r['final_loss']}"
-                                                  + (" (distilled from the unpruned model)" if teacher else ""))
-    return result.model, record
-
-
-def _channel_provenance(record: dict) -> dict:
-    """What the model's own metadata keeps of the channel pruning (the report has the rest)."""
-    keys = ("remove_fraction", "latency_target", "channels", "groups", "params", "macs", "int8_network",
-            "distillation", "importance", "chooser")
-    return {k: record[k] for k in keys if k in record}
-
-
 def _describe_pruning(result) -> str:
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in result.sparsity["by_kind"].items())
     return (f"target {result.target_sparsity:.2f}, achieved {result.sparsity['overall']:.3f} ({kinds}) "
@@ -439,8 +151,8 @@ def build(plan: Plan, workdir: Path) -> Built:
             dense_int8 = steps.run("dense int8 (for comparison)", lambda: _export(
                 plan, plan.source.model, workdir, "dense", dense_info, int8=True, frames=plan.frames),
                 lambda b: f"{len(b) / 1024:.0f} KiB")
-        model, channel_record = _channel_prune(plan)
-        provenance = dict(provenance, channel_pruning=_channel_provenance(channel_record))
+        model, channel_record = channel_stage.channel_prune(plan)
+        provenance = dict(provenance, channel_pruning=channel_stage.channel_provenance(channel_record))
     if plan.prune:
         pruning = steps.run("prune", lambda: _prune(plan, model), _describe_pruning)
         model = pruning.model

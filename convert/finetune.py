@@ -34,12 +34,14 @@ def _batch_norms(model):
 
 
 def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_rate: float = DEFAULT_FINE_TUNE_LR,
-                    seed: int = 0, log: Callable[[str], None] | None = None, teacher=None, distill=None):
+                    seed: int = 0, log: Callable[[str], None] | None = None, teacher=None, distill=None,
+                    warmup_steps: int | None = 0):
     """``fine_tune(model, steps, callbacks)`` over ``dataset`` (a :class:`convert.data.Dataset`).
 
     ``teacher`` (a :class:`convert.distill.Teacher`, e.g. ``Teacher(unpruned, config, config)`` with a
     copy of the model taken before pruning) adds its distillation terms to every step, weighted by
-    ``distill`` (a :class:`convert.distill.DistillConfig`, defaults when None).
+    ``distill`` (a :class:`convert.distill.DistillConfig`, defaults when None). ``warmup_steps`` None:
+    the training schedule's warm-up (a tenth of the steps), for rates high enough to need one.
     """
     from convert.losses import LossConfig
     from convert.pipeline import InputPipeline
@@ -57,7 +59,7 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
             bn.momentum = FINE_TUNE_BN_MOMENTUM  # read when the step is traced, below
         pipeline = InputPipeline(dataset, config, augment=True)
         data = iter(pipeline.training_dataset(min(batch_size, len(dataset.samples)), seed=seed))
-        optimizer = make_optimizer(learning_rate, steps, warmup_steps=0)
+        optimizer = make_optimizer(learning_rate, steps, warmup_steps=warmup_steps)
         train_step = make_train_step(model, optimizer, loss, teacher=teacher, distill=distill)
         for callback in callbacks:
             callback.set_model(model)

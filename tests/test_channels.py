@@ -172,6 +172,9 @@ def test_convert_prunes_channels_to_a_smaller_int8_model_that_detects(trained_ru
     assert record["channels"]["removed_fraction"] >= 0.5
     assert record["distillation"]["teacher"] == "the unpruned model"
     assert record["fine_tune"]["steps"] == 40
+    # At the rate the run was trained at (conftest.trained_run), not the small sparsity/QAT rate.
+    assert record["fine_tune"]["learning_rate"] == json.loads((run_dir / "config.json").read_text())[
+        "training"]["learning_rate"]
     dense, pruned = report["models"]["int8 dense"], report["models"][report["output_model"]]
     assert report["output_model"] == "int8-ptq channel-pruned"
     assert pruned["stats"]["size_bytes"] < 0.8 * dense["stats"]["size_bytes"]
@@ -196,6 +199,7 @@ def test_convert_prunes_channels_to_a_smaller_int8_model_that_detects(trained_ru
     (("--latency-target", "0"), "--latency-target 0.0: must be between 0 and 1"),
     (("--latency-target", "1.5"), "--latency-target 1.5: must be between 0 and 1"),
     (("--prune-channels", "0.3", "--distill-weight", "-1"), "--distill-weight -1.0: must be 0 or more"),
+    (("--prune-channels", "0.3", "--channel-lr", "0"), "--channel-lr 0.0: must be between 0 and 1"),
 ])
 def test_bad_channel_options_one_line_exit_2_nothing_written(argv, expected, tmp_path, capsys):
     out = tmp_path / "m.tflite"

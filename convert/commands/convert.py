@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model's, measured on this machine's interpreter")
     parser.add_argument("--channel-steps", type=int, default=300,
                         help="fine-tuning steps after channel pruning (default 300)")
+    parser.add_argument("--channel-lr", type=float, default=None, metavar="LR",
+                        help="peak learning rate of that fine-tuning (default: the rate the run was trained at, "
+                             "from its config.json; 2e-3 for sources without one)")
     parser.add_argument("--distill-weight", type=float, default=1.0,
                         help="channel-pruned fine-tuning learns the unpruned model's outputs with this weight "
                              "beside the ground truth (default 1.0; 0: ground truth only)")
@@ -61,24 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from convert.conversion import ConvertOptions, convert
-    from convert.head import PostprocessOptions
+    from convert.conversion import convert
+    from convert.convert_options import ConvertOptions
     from convert.report import report_path
-    from edge.provenance import command_line
 
-    options = ConvertOptions(
-        source=args.source, output=args.output, calib=args.calib, val=args.val, coco=args.coco, images=args.images,
-        data=args.data, labels=args.labels, sparsity=args.sparsity, prune_steps=args.prune_steps, qat=args.qat,
-        prune_channels=args.prune_channels, latency_target=args.latency_target, channel_steps=args.channel_steps,
-        distill_weight=args.distill_weight,
-        qat_steps=args.qat_steps, float_model=args.float_model, max_map_drop=args.max_map_drop,
-        postprocess=PostprocessOptions(
-            max_detections=args.max_detections, score_threshold=args.score_threshold,
-            iou_threshold=args.iou_threshold, detections_per_class=args.detections_per_class,
-            use_regular_nms=args.nms == "regular"),
-        calib_images=args.calib_images, batch_size=args.batch_size, num_threads=args.threads,
-        command=command_line(), format=args.format,
-    )
+    options = ConvertOptions.from_args(args)
     convert(options)
     print(f"wrote {options.output} and {report_path(options.output)}")
     return 0
