@@ -253,3 +253,17 @@ def test_losses_reward_correct_predictions(kind):
     flipped[:, 2] = -flipped[:, 2]
     assert float(detection_loss(box_t, cls_t, box_t, flipped, cfg)[2]) == pytest.approx(good[2], abs=1e-6)
     del tf
+
+
+def test_edge_train_help_states_every_default():
+    """A user choosing settings from --help sees what they get without them."""
+    import argparse
+
+    from convert.commands.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    silent = [action.option_strings[0] for action in parser._actions
+              if action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+              and "default" not in (action.help or "")]
+    assert not silent, f"options whose help does not state their default: {silent}"

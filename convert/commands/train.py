@@ -28,12 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=320, help="square input, 160..320 px (default 320)")
     parser.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier 0.35..1.0 (default 0.5)")
     parser.add_argument("--fpn", action="store_true", help="FPN-lite feature fusion")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", default="8", help="N or 'auto' (largest that fits the GPU, minus a margin)")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (default 20)")
+    parser.add_argument("--batch-size", default="8", help="N or 'auto' (largest that fits the GPU, minus a margin; default 8)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the data")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, warm-up + cosine)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, warm-up + cosine; default 2e-3)")
     parser.add_argument("--loss", choices=("focal", "hard_negatives"), default="focal",
-                        help="class loss: sigmoid focal, or softmax CE with 3:1 hard-negative mining")
+                        help="class loss: sigmoid focal, or softmax CE with 3:1 hard-negative mining (default focal)")
     # Pretrained weights on disk (convert.pretrained) and the freezing policy (convert.train._BackboneFreezing).
     parser.add_argument("--backbone-weights", default=None, metavar="imagenet|none|PATH",
                         help="imagenet (downloads through Keras), none, a Keras MobileNetV2 weights file (.h5), "
@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                         help="extra checkpoints inside an epoch (default: at each epoch end)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed: initial weights, shuffling, augmentation, the validation split (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="parallel image readers (default 2)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     # Several machines (MultiWorkerMirroredStrategy): see convert.distributed.
