@@ -60,11 +60,17 @@ def main() -> int:
     parser.add_argument("--extra", action="store_true", help="also 960x540 (allocator-sensitive size)")
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", type=Path, nargs="+", default=None, metavar="PATH",
+                        help=".tflite files or folders of them (default: the fixture SSD and the demo model; "
+                             "benchmarks/build_plan_variants.py builds widths, sizes, float/int8, channel-pruned)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plan_accuracy")
     args = parser.parse_args()
 
     baseline = load_baseline()
-    models = [m for m in (FIXTURE, DEMO) if m.is_file()]
+    if args.models:
+        models = [m for path in args.models for m in (sorted(path.glob("*.tflite")) if path.is_dir() else [path])]
+    else:
+        models = [m for m in (FIXTURE, DEMO) if m.is_file()]
     sizes = [(640, 480), (1280, 720)] + ([(960, 540)] if args.extra else [])
     cameras = (1, 4) if args.quick else (1, 2, 3, 4)
     sink_sets = ((), ("json", "video", "preview"))
@@ -99,7 +105,7 @@ def main() -> int:
             leftover.unlink()
         tmp.rmdir()
     errors = [abs(r["error"]) for r in rows] + [abs(r["cli_error"]) for r in rows if "cli_error" in r]
-    result = {"command": "benchmarks/plan_accuracy.py" + (" --quick" if args.quick else "") + (" --extra" if args.extra else ""),
+    result = {"command": "benchmarks/plan_accuracy.py " + " ".join(sys.argv[1:]),
               "target": TARGET, "max_abs_error": max(errors), "within_target": all(e <= TARGET for e in errors),
               "seconds": round(time.time() - started, 1), "frames": args.frames, "threads": args.threads,
               "baseline_versions": baseline.get("versions"), "machine": machine_info(), "rows": rows}
