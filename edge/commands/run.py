@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "STEM-0001.EXT, STEM-0002.EXT, ... beside --video PATH, each playable once it "
                              "ends, so a hard kill loses at most the open one and memory stays bounded")
     parser.add_argument("--preview", metavar="[HOST:]PORT",
-                        help="serve a live preview page (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:8080)")
+                        help="serve a live preview page (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:8080); with "
+                             "--config every camera on one page, each with its own stream, snapshot and stats")
     parser.add_argument("--token", help="require ?token=T on the preview page (use it with a public HOST); "
                                         "visible in ps: prefer --token-file or EDGE_PREVIEW_TOKEN")
     parser.add_argument("--token-file", metavar="PATH", type=Path,
@@ -81,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this camera's name in the MQTT topics and the Home Assistant device (default: camera; "
                              "with --config the file names each camera)")
     parser.add_argument("--metrics", metavar="[HOST:]PORT",
-                        help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:9108)")
+                        help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given, e.g. 0.0.0.0:9108); "
+                             "with --config the per-camera ones carry a camera label")
     parser.add_argument("--metrics-token-file", metavar="PATH", type=Path,
                         help="require the token on the first line of PATH on /metrics (?token=T or Authorization: "
                              "Bearer T; EDGE_METRICS_TOKEN works too)")
@@ -108,7 +110,7 @@ def check_run_paths(args: argparse.Namespace) -> None:
 
 def build_sinks(args: argparse.Namespace, source, events=None) -> list:
     """The sinks the options ask for; a failure closes the ones already made."""
-    from edge.live.preview import PreviewServer, PreviewSink, is_loopback, parse_bind
+    from edge.live.preview import PreviewSink
     from edge.live.sinks import JsonLinesSink
     from edge.live.video import VideoSink
 
@@ -119,13 +121,7 @@ def build_sinks(args: argparse.Namespace, source, events=None) -> list:
         if args.video:
             sinks.append(VideoSink(args.video, source.fps, segment_minutes=args.video_segment))
         if args.preview:
-            host, port = parse_bind(args.preview)
-            token = args.preview_token
-            if not is_loopback(host) and not token:
-                _log(f"warning: the preview on {host}:{port} is open to anyone on the network; add --token-file")
-            server = PreviewServer(host, port, token=token).start()
-            sinks.append(PreviewSink(server))
-            _log(f"preview at {server.url}")
+            sinks.append(PreviewSink(_preview_server(args)))
         if args.clips is not None:  # first, so a clip's path is known when the JSON sink writes its event
             from edge.live.clips import ClipSink
 
@@ -152,7 +148,8 @@ def build_sinks(args: argparse.Namespace, source, events=None) -> list:
     return sinks
 
 
-def _metrics_sink(args: argparse.Namespace, mqtt=None):
+def _metrics_sink(args: argparse.Namespace, mqtt=None, cameras=None):
+    """The ``--metrics`` sink; with ``cameras`` (``--config``) its per-camera handles join their sinks."""
     from edge.live.metrics import MetricsServer, MetricsSink, parse_metrics_bind
     from edge.live.preview import is_loopback
 
@@ -160,8 +157,34 @@ def _metrics_sink(args: argparse.Namespace, mqtt=None):
     if not is_loopback(host) and not args.metrics_token:
         _log(f"warning: the metrics on {host}:{port} are open to anyone on the network; add --metrics-token-file")
     server = MetricsServer(host, port, token=args.metrics_token).start()
-    _log(f"metrics at {server.url.split('?')[0]}")
-    return MetricsSink(server, mqtt=mqtt)
+    try:
+        sink = MetricsSink(server, mqtt=mqtt, cameras=cameras)
+    except BaseException:
+        server.close()
+        raise
+    _log(f"metrics at {server.url.split('?')[0]}" + (" (a camera label per camera)" if cameras else ""))
+    return sink
+
+
+def _preview_server(args: argparse.Namespace, cameras=None):
+    """The ``--preview`` server: one camera's, or with ``cameras`` (``--config``) every camera's on
+    one page, each with its own stream (its handles join the cameras' sinks)."""
+    from edge.live.preview import PreviewServer, is_loopback, parse_bind
+
+    host, port = parse_bind(args.preview)
+    token = args.preview_token
+    if not is_loopback(host) and not token:
+        _log(f"warning: the preview on {host}:{port} is open to anyone on the network; add --token-file")
+    if cameras is None:
+        server = PreviewServer(host, port, token=token).start()
+    else:
+        from edge.live.preview_cameras import CamerasPreviewServer
+
+        server = CamerasPreviewServer(host, port, [camera.name for camera in cameras], token=token)
+        server.attach(cameras)
+        server.start()
+    _log(f"preview at {server.url}" + (f" ({len(cameras)} cameras, a stream each)" if cameras else ""))
+    return server
 
 
 def _event_stage(args: argparse.Namespace, detector, high_score: float):
@@ -187,28 +210,34 @@ def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high
                                     clip_options={"pre_roll": args.pre_roll, "post_roll": args.post_roll},
                                     track=tracking, high_score=high_score, low_score=args.track_low_score,
                                     wait=args.wait_for_source > 0, log=_log)
-    notify, mqtt = [], None
+    notify, mqtt, preview = [], None, None
     try:
         if args.mqtt:  # a sink per camera, added to its sinks: each camera's own topics, as with --camera NAME
             from edge.events.mqtt_cameras import MqttCameras
 
             mqtt = MqttCameras(args.mqtt, cameras, log=_log)
             _log(mqtt.describe())
+        if args.preview:  # one page and port, a stream per camera: a handle per camera, added to its sinks
+            preview = _preview_server(args, cameras)
         if args.notify:
             from edge.systemd import SystemdNotifySink
 
             notify.append(SystemdNotifySink())
-        if args.metrics:  # loop-wide: frames, fps, RSS, invoke times of all cameras together
-            notify.append(_metrics_sink(args, mqtt))
+        if args.metrics:  # a camera label per camera (a handle each); invoke times, RSS, running loop-wide
+            notify.append(_metrics_sink(args, mqtt, cameras))
+        loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
+                         stats_every=args.stats_every, log=_log)
     except BaseException:
         for sink in notify:
             sink.close()
+        if preview is not None:
+            preview.close()
         if mqtt is not None:
             mqtt.close()
         close_cameras(cameras, shared)
         raise
-    loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
-                     stats_every=args.stats_every, log=_log)
+    if preview is not None:
+        preview.set_stats(loop.live_stats)  # the page's loop-wide numbers; each camera's come from its handle
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()
@@ -235,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--video-segment is for the video file: add --video PATH")
     if args.config is not None:
         given = [o for o, v in (("--source", args.source != "synthetic"), ("--zones", args.zones), ("--video", args.video),
-                                ("--preview", args.preview), ("--camera", args.camera != "camera")) if v]
+                                ("--camera", args.camera != "camera")) if v]
         if given:
             raise EdgeError(f"--config names each camera, its source and zones: drop {', '.join(given)}")
     elif args.clips is not None and args.zones is None:

@@ -45,6 +45,20 @@ class FrameExchange:
         self.dropped = 0  # frames skipped while someone was watching
         self.encoded = 0
 
+    def presize(self, frame_shape: tuple[int, ...]) -> None:
+        """Allocate the frame buffer now, for annotated (colour) frames of ``frame_shape``, before the
+        first frame: a camera's buffer is then part of its fixed, known memory."""
+        shape = tuple(int(n) for n in frame_shape[:2]) + (3,)
+        with self._cond:
+            if self._frame is None or self._frame.shape != shape:
+                self._frame = np.empty(shape, np.uint8)
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of the frame buffer as allocated now (the last JPEG is not counted)."""
+        frame = self._frame
+        return frame.nbytes if frame is not None else 0
+
     def wants_frame(self) -> bool:
         return self._wanted or time.monotonic() - self._kept_at >= self.snapshot_interval
 

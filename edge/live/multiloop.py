@@ -26,6 +26,9 @@ together), ``duration``, :meth:`MultiLoop.stop`, or when every camera's source h
 
 What each camera holds: :mod:`edge.live.cameras`; the summary: :mod:`edge.live.multi_summary`; the
 cameras file (``edge run --config``) and the cameras it builds: :mod:`edge.live.cameras_config`.
+Outputs per camera join each camera's own sinks as handles, started with that camera's stats and
+given only its frames: MQTT (:mod:`edge.events.mqtt_cameras`), the preview page
+(:mod:`edge.live.preview_cameras`) and the metrics (:class:`~edge.live.metrics.CameraMetrics`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ every request needs ``?token=...`` (or ``Authorization: Bearer ...``).
 Here: :class:`PreviewServer` (where it listens, who may use it, its thread), :class:`PreviewSink`
 (what the loop writes to) and the helpers for ``--preview [HOST:]PORT`` and the token. The frames
 go through :mod:`edge.live.frame_exchange` (the detector never waits for a viewer); the
-connections, their limits and the requests are :mod:`edge.live.preview_http`'s.
+connections, their limits and the requests are :mod:`edge.live.preview_http`'s. Several cameras
+(``edge run --config``) on one page and port, a stream each: :mod:`edge.live.preview_cameras`.
 
 Without a token, requests must name this machine in their ``Host`` header (see
 :meth:`PreviewServer.host_allowed`): a page on another site that rebinds its DNS name to 127.0.0.1
@@ -156,6 +157,8 @@ class PreviewServer:
     adds names accepted in the ``Host`` header without a token (e.g. a reverse proxy's name).
     """
 
+    repeat_every: float | None = None  # seconds after which a stream without a new frame repeats its last
+
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
                  stats: Callable[[], dict] | None = None, quality: int = 80,
                  max_connections: int = MAX_CONNECTIONS, max_per_client: int = MAX_PER_CLIENT,
@@ -218,6 +221,19 @@ class PreviewServer:
         if not name:
             return False
         return (name in self._names or "." not in name or name.endswith(".localhost") or _is_ip(name))
+
+    def route(self, path: str) -> tuple[str, object] | None:
+        """What ``path`` serves: ``("page", bytes)``, ``("stats", callable)``, ``("snapshot", exchange)``
+        or ``("stream", exchange)``; ``None`` for 404. The handler checks the token or Host first."""
+        if path in ("/", "/index.html"):
+            return "page", self.page
+        if path == "/stats.json":
+            return "stats", self.stats
+        if path == "/snapshot.jpg":
+            return "snapshot", self.exchange
+        if path == "/stream.mjpg":
+            return "stream", self.exchange
+        return None
 
     def set_stats(self, stats: Callable[[], dict]) -> None:
         """Where the page's numbers come from (e.g. :meth:`edge.live.loop.LiveLoop.live_stats`)."""

@@ -1,10 +1,12 @@
 """The preview's HTTP server under :class:`~edge.live.preview.PreviewServer`: bounded connections
 and the requests they carry.
 
-``_Server`` accepts and admits connections, one thread each; ``_Handler`` serves ``/``,
-``/stream.mjpg``, ``/stats.json`` and ``/snapshot.jpg`` of its ``server.preview`` (checking the
-token or the ``Host`` rule first). The server is a small board's guest, so everything it holds is
-bounded:
+``_Server`` accepts and admits connections, one thread each; ``_Handler`` checks the token or the
+``Host`` rule, then serves what ``server.preview.route(path)`` names: a page, a stats callable, a
+snapshot or a stream of a :class:`~edge.live.frame_exchange.FrameExchange` (``/``, ``/stats.json``,
+``/snapshot.jpg``, ``/stream.mjpg`` for one camera; ``/camera/NAME/...`` as well for several, see
+:mod:`edge.live.preview_cameras`). At most ``max_viewers`` streams per exchange. The server is a
+small board's guest, so everything it holds is bounded:
 
 * at most ``max_connections`` connections in total and ``max_per_client`` per client address, one
   thread each; the listen backlog is ``backlog``. When a limit is reached, the oldest connection
@@ -333,24 +335,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif not self._authorized(parse_qs(url.query)):
             self._send(HTTPStatus.FORBIDDEN, b"token required\n", "text/plain")
             return
-        if url.path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, preview.page, "text/html; charset=utf-8")
-        elif url.path == "/stats.json":
-            self._send(HTTPStatus.OK, json.dumps(preview.stats()).encode(), "application/json")
-        elif url.path == "/snapshot.jpg":
-            jpeg = preview.exchange.snapshot(2.0)  # asks for a frame only if none was ever kept
+        found = preview.route(url.path)
+        if found is None:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+            return
+        kind, target = found
+        if kind == "page":
+            self._send(HTTPStatus.OK, target, "text/html; charset=utf-8")
+        elif kind == "stats":
+            self._send(HTTPStatus.OK, json.dumps(target()).encode(), "application/json")
+        elif kind == "snapshot":
+            jpeg = target.snapshot(2.0)  # asks for a frame only if none was ever kept
             if jpeg is not None:
                 self._send(HTTPStatus.OK, jpeg, "image/jpeg")
             else:
                 self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
-        elif url.path == "/stream.mjpg":
-            self._stream()
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+            self._stream(target)
 
-    def _stream(self) -> None:
+    def _stream(self, exchange) -> None:
         preview = self.server.preview
-        exchange = preview.exchange
         with preview.viewer_lock:
             if exchange.viewers >= preview.max_viewers:
                 self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many viewers\n", "text/plain")
@@ -366,16 +370,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Connection", "close")
             self.end_headers()
-            seq = 0
+            seq, jpeg, sent_at = 0, None, 0.0
+            repeat = preview.repeat_every  # a camera without new frames: its last JPEG again, no encoding
             while not preview.closing.is_set() and not self.conn.evicted:
                 found = exchange.next_jpeg(seq, 0.5)
-                if found is None:
+                if found is not None:
+                    seq, jpeg = found
+                elif repeat is None or jpeg is None or time.monotonic() - sent_at < repeat:
                     continue
-                seq, jpeg = found
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg.nbytes}"
                                  f"\r\n\r\n".encode())
                 self.wfile.write(memoryview(jpeg))
                 self.wfile.write(b"\r\n")
+                sent_at = time.monotonic()
         except (OSError, ValueError) as exc:  # browser went away or stopped reading: drop this viewer
             LOG.debug("edge preview: stream to %s ended (%s)", self.conn.client, first_line(exc, with_type=True))
         finally:
