@@ -245,10 +245,10 @@ def measure(built: Built) -> dict:
     output_name = list(built.models)[-1]
     report["output_model"] = output_name
     if plan.opts.format == FORMAT_ONNX:
-        from convert import onnx_export
+        from convert import onnx_parity
 
         report["format"] = FORMAT_ONNX
-        parity = plan.steps.run("parity", lambda: onnx_export.check_parity(
+        parity = plan.steps.run("parity", lambda: onnx_parity.check_parity(
             built.models["onnx"], built.models["float"], plan.parity_images, plan.parity_source, plan.val_set,
             plan.opts.num_threads), lambda p: p.describe())
         report["parity"] = parity.to_dict()

@@ -1,12 +1,9 @@
 """Training on several machines: ``tf.distribute.MultiWorkerMirroredStrategy``, one process per machine.
 
-``edge train --cluster host0:port,host1:port --task-index I`` (or a ``TF_CONFIG`` environment
-variable) starts worker ``I`` of the cluster; task 0 (or TF_CONFIG's ``chief``) is the chief. Every
-worker runs the same loop in lock-step: gradients are all-reduced by TensorFlow's collectives each
-step, so the model stays identical everywhere. What this module adds around TensorFlow's engine:
+Every worker of the :class:`~convert.cluster.Cluster` (parsed and checked by :mod:`convert.cluster`)
+runs the same loop in lock-step: gradients are all-reduced by TensorFlow's collectives each step, so
+the model stays identical everywhere. What this module adds around TensorFlow's engine:
 
-- **Cluster description** (:func:`resolve_cluster`): ``--cluster``/``--task-index`` or TF_CONFIG,
-  checked up front (addresses, duplicates, index, this worker's port free).
 - **Bounded failure** (:func:`create_strategy`): the coordination service's heartbeats declare a
   worker that died or cannot be reached lost after ``--worker-timeout`` seconds (a killed process is
   usually noticed at once: its connections reset or are refused), every collective is aborted, and
@@ -17,187 +14,34 @@ step, so the model stays identical everywhere. What this module adds around Tens
 - **Data**: the global batch is the per-worker batch times the workers; each worker reads its own
   interleaved share of the images (:func:`worker_shard`, explicit sharding before any image is
   decoded) and feeds its replicas per-replica batches (:func:`distribute_batches`).
-- **One state**: the chief alone restores ``--resume``'s checkpoint, and every worker then takes the
-  chief's variables (:func:`sync_from_chief`), so ``--resume`` works on all workers without a
-  shared file system. ``--batch-size auto`` is measured on each worker and the smallest wins
-  (:func:`agree_on_batch_size`, which also refuses workers that loaded different data).
 - **Only the chief writes** (:func:`chief_writes`): the others write their run directory (config,
   checkpoints: saving reads synchronised variables, a collective every worker must join) into a
   temporary folder that is deleted afterwards. The chief's files are complete or absent:
   ``config.json`` and ``history.json`` go through :mod:`edge.files`, checkpoints through
   ``tf.train.CheckpointManager`` (its state file names only finished checkpoints).
-- **Stopping together** (:class:`StopAgreement`): SIGTERM on any worker stops every worker after the
-  same step, so all can checkpoint (a checkpoint is collective); Ctrl-C stops that worker at once
-  and the others as a lost worker.
 
-Pure Python until a strategy is made: parsing imports no TensorFlow.
+What the workers agree on (batch size, the chief's state after ``--resume``, the step to stop at)
+goes through :mod:`convert.worker_sync`. TensorFlow is imported only when a strategy is made.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from convert.cluster import DEFAULT_WORKER_TIMEOUT, JOBS, Cluster, check_port_free, check_worker_timeout
 from edge.errors import EdgeError
 
-DEFAULT_WORKER_TIMEOUT = 60  # seconds: heartbeats, joining at start, the shutdown barrier
-MIN_WORKER_TIMEOUT = 5  # heartbeats are sent every timeout / 2; shorter invites false alarms under load
 JOIN_GRACE = 30  # seconds past the join timeout before the watchdog ends a process still waiting
 COLLECTIVE_TIMEOUT_FACTOR = 10  # a collective waits this many worker timeouts for a live but stuck peer
-JOBS = ("chief", "worker")  # the task types that train; TF_CONFIG's chief (if any) comes first
 SCRATCH_PREFIX = "edge-train-"  # non-chief workers' temporary run directories: edge-train-worker1-XXXX
-
-
-# ---------------------------------------------------------------- describing the cluster (no TensorFlow)
-
-@dataclass(frozen=True)
-class Cluster:
-    """The training tasks (``{"chief": [...], "worker": [...]}`` as TF_CONFIG has it) and which one this is."""
-
-    jobs: dict  # job name -> list of "host:port", in task order
-    task_type: str  # "worker" or "chief"
-    task_index: int
-    source: str  # "--cluster" or "TF_CONFIG": for messages
-
-    @property
-    def addresses(self) -> list[str]:
-        """Every task's address in worker-id order (the chief, if a separate job, first)."""
-        return [a for job in JOBS for a in self.jobs.get(job, [])]
-
-    @property
-    def num_workers(self) -> int:
-        return len(self.addresses)
-
-    @property
-    def worker_id(self) -> int:
-        """0 for the chief, then 1, 2, ... (TensorFlow's id in cluster)."""
-        return self.addresses.index(self.address)
-
-    @property
-    def address(self) -> str:
-        return self.jobs[self.task_type][self.task_index]
-
-    @property
-    def is_chief(self) -> bool:
-        return self.worker_id == 0
-
-    def tf_config(self) -> dict:
-        return {"cluster": {k: list(v) for k, v in self.jobs.items()},
-                "task": {"type": self.task_type, "index": self.task_index}}
-
-
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-def _check_address(address: str, where: str) -> str:
-    address = address.strip()
-    match = _ADDRESS.match(address)
-    if not match or not 1 <= int(match.group(2)) <= 65535:
-        raise EdgeError(f"{where}: {address!r} is not host:port (e.g. 10.0.0.5:12345, [::1]:12345)")
-    return address
-
-
-def _check_jobs(jobs: dict, where: str) -> None:
-    seen: set[str] = set()
-    for job in jobs:
-        for address in jobs[job]:
-            if address in seen:
-                raise EdgeError(f"{where}: {address} is listed twice; each worker needs its own host:port")
-            seen.add(address)
-    if len(jobs.get("chief", [])) > 1:
-        raise EdgeError(f"{where}: at most one chief")
-    if not seen:
-        raise EdgeError(f"{where}: no workers listed")
-
-
-def parse_cluster(text: str, task_index: int | None) -> Cluster:
-    """``--cluster host0:port,host1:port,...`` with ``--task-index I``: task 0 is the chief."""
-    if task_index is None:
-        raise EdgeError("--cluster needs --task-index (0 on the chief, 1, 2, ... on the others, "
-                        "in --cluster's order)")
-    addresses = [_check_address(a, "--cluster") for a in text.split(",") if a.strip()]
-    jobs = {"worker": addresses}
-    _check_jobs(jobs, "--cluster")
-    if not 0 <= task_index < len(addresses):
-        raise EdgeError(f"--task-index {task_index}: --cluster lists {len(addresses)} worker(s), "
-                        f"so 0..{len(addresses) - 1}")
-    return Cluster(jobs, "worker", int(task_index), "--cluster")
-
-
-def cluster_from_tf_config(text: str) -> Cluster:
-    """TensorFlow's ``TF_CONFIG``: ``{"cluster": {"worker": [...], "chief": [...]}, "task": {...}}``."""
-    where = "TF_CONFIG"
-    try:
-        data = json.loads(text)
-        cluster, task = data["cluster"], data["task"]
-        task_type, index = str(task["type"]), int(task["index"])
-        if not isinstance(cluster, dict):
-            raise TypeError("cluster is not an object")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise EdgeError(f"{where}: expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
-                        f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}} ({exc})") from None
-    unsupported = sorted(set(cluster) - set(JOBS))
-    if unsupported or task_type not in JOBS:
-        raise EdgeError(f"{where}: only 'chief' and 'worker' tasks train together "
-                        f"(MultiWorkerMirroredStrategy); got {', '.join(unsupported) or task_type}")
-    jobs = {}
-    for job in JOBS:
-        if job in cluster:
-            if not isinstance(cluster[job], list):
-                raise EdgeError(f"{where}: cluster.{job} must be a list of host:port")
-            jobs[job] = [_check_address(str(a), f"{where} cluster.{job}") for a in cluster[job]]
-    _check_jobs(jobs, where)
-    if not 0 <= index < len(jobs.get(task_type, [])):
-        raise EdgeError(f"{where}: task {task_type} {index} is not in the cluster "
-                        f"({len(jobs.get(task_type, []))} {task_type} task(s))")
-    return Cluster(jobs, task_type, index, where)
-
-
-def resolve_cluster(cluster: str | None, task_index: int | None, environ=None) -> Cluster | None:
-    """The cluster this process belongs to (``--cluster`` wins over TF_CONFIG), or None for one machine."""
-    environ = os.environ if environ is None else environ
-    if cluster:
-        return parse_cluster(cluster, task_index)
-    if task_index is not None:
-        raise EdgeError("--task-index needs --cluster (or a TF_CONFIG environment variable instead of both)")
-    text = environ.get("TF_CONFIG", "").strip()
-    return cluster_from_tf_config(text) if text else None
-
-
-def check_port_free(cluster: Cluster) -> None:
-    """This worker's port must be free: TensorFlow's own error for a taken port is a page of gRPC."""
-    port = int(cluster.address.rsplit(":", 1)[1])
-    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind((host, port))
-            return
-        except OSError as exc:
-            if family == socket.AF_INET6 and exc.errno in (97, 99):  # no IPv6 here: try IPv4
-                continue
-            raise EdgeError(f"{cluster.source}: port {port} of this worker ({cluster.address}, task "
-                            f"{cluster.task_type} {cluster.task_index}) is not free ({exc.strerror}); "
-                            "stop what uses it or choose another port") from None
-
-
-def check_worker_timeout(seconds: float) -> float:
-    if not seconds >= MIN_WORKER_TIMEOUT:
-        raise EdgeError(f"--worker-timeout {seconds}: must be at least {MIN_WORKER_TIMEOUT} seconds")
-    return float(seconds)
 
 
 # ---------------------------------------------------------------- the strategy
@@ -294,57 +138,6 @@ def describe(strategy, per_worker_batch: int) -> str:
             f"global batch {per_worker_batch * n} = {per_worker_batch} per worker x {n} workers")
 
 
-# ---------------------------------------------------------------- exchanging small values
-
-def _sum_over_workers(strategy, tensor):
-    """``tensor`` (a plain, per-worker value) summed over the workers: one collective, cross-replica."""
-    from convert.tf import import_tensorflow
-
-    tf = import_tensorflow()
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, tensor, axis=None)
-
-
-def gather(strategy, values: list[int]) -> list[list[int]]:
-    """Every worker's ``values`` (same length everywhere), indexed by worker id: one all-reduce."""
-    from convert.tf import import_tensorflow
-
-    tf = import_tensorflow()
-    n = num_workers(strategy)
-    row = tf.constant([float(v) for v in values], tf.float64)
-    mine = tf.one_hot(worker_id(strategy), n, dtype=tf.float64)[:, None] * row[None, :]  # zero rows but ours
-    table = _sum_over_workers(strategy, mine).numpy()
-    return [[int(round(v)) for v in table[w]] for w in range(n)]
-
-
-def data_signature(dataset) -> list[int]:
-    """Sizes and a checksum of the labels and file names: equal on workers that loaded the same data."""
-    if dataset is None:
-        return [0, 0]
-    names = "\n".join(list(dataset.labels) + [Path(s.image_path).name for s in dataset.samples])
-    return [len(dataset.samples), zlib.crc32(names.encode("utf-8"))]
-
-
-def agree_on_batch_size(strategy, batch_size: int, train_set=None, val_set=None) -> int:
-    """The smallest of every worker's per-worker batch size; EdgeError when the workers' data differ.
-
-    Every worker must call it at the same point (it is a collective).
-    """
-    mine = [int(batch_size)] + data_signature(train_set) + data_signature(val_set)
-    rows = gather(strategy, mine)
-    return check_agreement(rows, getattr(strategy, "_edge_cluster", None))
-
-
-def check_agreement(rows: list[list[int]], cluster: Cluster | None = None) -> int:
-    """:func:`agree_on_batch_size` on the gathered rows ``[batch, train n, train crc, val n, val crc]``."""
-    for w, row in enumerate(rows):
-        if row[1:] != rows[0][1:]:
-            who = f"worker {w} ({cluster.addresses[w]})" if cluster else f"worker {w}"
-            raise EdgeError(f"{who} loaded other data than the chief ({row[1]} training / {row[3]} validation "
-                            f"images vs {rows[0][1]} / {rows[0][3]}, or other file names or labels): give "
-                            "every worker the same --data (and --val-data, --classes, --val-split, --seed)")
-    return min(row[0] for row in rows)
-
-
 # ---------------------------------------------------------------- input
 
 def worker_shard(dataset, strategy):
@@ -369,94 +162,6 @@ def distribute_batches(strategy, pipeline, global_batch: int, seed: int):
         return pipeline.training_dataset(input_context.get_per_replica_batch_size(global_batch), seed=seed)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-# ---------------------------------------------------------------- one state on every worker
-
-def _state_variables(checkpoint) -> list:
-    """Every variable a training checkpoint holds, in the same order on every worker."""
-    from convert.tf import import_tensorflow
-
-    tf = import_tensorflow()
-    found, seen = [], set()
-    for obj in tf.train.TrackableView(checkpoint).descendants():
-        if isinstance(obj, tf.Variable) and id(obj) not in seen:
-            seen.add(id(obj))
-            found.append(obj)
-    return found
-
-
-def build_optimizer(strategy, model, optimizer) -> None:
-    """Multi-worker: create the optimizer's slots now (inside the strategy's scope, before a restore),
-    so the chief's restored slots exist as variables that :func:`sync_from_chief` can hand over."""
-    if is_multi_worker(strategy):
-        optimizer.build(model.trainable_variables)
-
-
-def sync_from_chief(strategy, checkpoints, verbose: int = 1) -> None:
-    """Multi-worker: every worker takes the chief's model, optimizer and counters (one all-reduce).
-
-    The chief alone restores ``--resume``'s checkpoint (the others may have no copy of it); this
-    hands its state to everyone, so all workers continue from the same step with the same weights.
-    """
-    if not is_multi_worker(strategy):
-        return
-    import numpy as np
-
-    from convert.tf import import_tensorflow
-
-    tf = import_tensorflow()
-    checkpoints.checkpoint.save_counter  # noqa: B018 (created lazily by a restore: make it exist everywhere)
-    variables = _state_variables(checkpoints.checkpoint)
-    chief = 1.0 if is_chief(strategy) else 0.0
-    sizes = gather(strategy, [len(variables), sum(int(v.shape.num_elements()) for v in variables)])
-    if any(row != sizes[0] for row in sizes):
-        built = ", ".join(f"worker {w}: {a} variables / {b} values" for w, (a, b) in enumerate(sizes))
-        raise EdgeError(f"workers built different models ({built}); every worker must run the same "
-                        "edgekit version with the same options")
-
-    # Each worker's own copy (first local replica; the others equal it), zeroed except on the chief.
-    local = [strategy.experimental_local_results(v)[0] for v in variables]
-    flat = tf.concat([tf.reshape(tf.cast(v.read_value(), tf.float64), [-1]) for v in local], 0)
-    flat = _sum_over_workers(strategy, flat * chief)
-    offset = 0
-    for v in variables:
-        size = int(v.shape.num_elements())
-        value = tf.reshape(tf.cast(flat[offset:offset + size], v.dtype), v.shape)
-        for component in strategy.experimental_local_results(v):
-            component.assign(value)
-        offset += size
-    # Check what landed: every worker's checksum of its own variables must be the chief's.
-    total = sum(float(np.sum(np.asarray(c.numpy(), np.float64)))  # on the host: the same order everywhere
-                for v in variables for c in strategy.experimental_local_results(v))
-    n = num_workers(strategy)
-    sums = _sum_over_workers(strategy, tf.one_hot(worker_id(strategy), n, dtype=tf.float64) * total).numpy()
-    if any(x != sums[0] for x in sums):
-        raise EdgeError(f"workers disagree on the model after taking the chief's state (checksums {list(sums)}); "
-                        "every worker must run the same edgekit and TensorFlow versions")
-    if verbose and not is_chief(strategy):
-        print(f"worker {worker_id(strategy)}: took the chief's state at step {checkpoints.steps_done}")
-
-
-class StopAgreement:
-    """``stop_requested()`` that is true on every worker at the same step once any worker got SIGTERM.
-
-    One tiny all-reduce per step in multi-worker runs. :attr:`agreed` tells an interrupt handler
-    whether every worker stops here (so a collective checkpoint can be saved) or only this one.
-    """
-
-    def __init__(self, strategy, requested: Callable[[], bool]) -> None:
-        self.strategy, self.requested = strategy, requested
-        self.multi = is_multi_worker(strategy)
-        self.agreed = not self.multi  # on one worker, any interrupt can save
-
-    def __call__(self) -> bool:
-        if not self.multi:
-            return self.requested()
-        rows = gather(self.strategy, [1 if self.requested() else 0])
-        stop = any(row[0] for row in rows)
-        self.agreed = self.agreed or stop
-        return stop
 
 
 # ---------------------------------------------------------------- who writes, and how a lost worker ends

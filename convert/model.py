@@ -22,6 +22,7 @@ import numpy as np
 
 from convert import pretrained
 from convert.config import SSDConfig
+from convert.pretrained_sources import source_kind
 from convert.tf import import_keras
 from edge.errors import EdgeError
 
@@ -142,7 +143,7 @@ def build_ssd(config: SSDConfig, backbone_weights: str | Path | None = "none"):
     on_disk = None  # weights from a file or export: built random, then mapped by convert.pretrained
     if weights is not None and weights != "imagenet":
         on_disk, weights = weights, None
-        _pretrained_call(on_disk, lambda: pretrained.source_kind(getattr(on_disk, "path", on_disk)))
+        _pretrained_call(on_disk, lambda: source_kind(getattr(on_disk, "path", on_disk)))
     size = arch.input_size
     inputs = keras.Input((size, size, 3), name="image", dtype="float32")
     backbone = _backbone(keras, inputs, arch.width, weights)

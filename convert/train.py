@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convert import distributed
+from convert import distributed, worker_sync
 from convert.checkpoints import TrainingCheckpoints, latest_checkpoint
 from convert.config import CONFIG_NAME, SSDConfig
 from convert.evaluate import evaluate_keras
@@ -112,7 +112,7 @@ def _checkpoint_on_interrupt(checkpoints: TrainingCheckpoints, strategy=None) ->
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum)) \
         if _main_thread() else None
-    stop = distributed.StopAgreement(strategy, lambda: bool(received))
+    stop = worker_sync.StopAgreement(strategy, lambda: bool(received))
     try:
         yield stop
     except KeyboardInterrupt:
@@ -208,7 +208,7 @@ SMALL_BATCH = 16  # per replica: below it a pretrained backbone's BatchNorm keep
 
 class _BackboneFreezing:
     """``freeze_backbone_epochs`` and BatchNorm for small batches; the backbone is the MobileNetV2 trunk
-    (:func:`convert.pretrained.backbone_layer_names`), not the extra layers or heads.
+    (:func:`convert.pretrained_names.backbone_layer_names`), not the extra layers or heads.
 
     - Epochs before ``freeze_backbone_epochs``: every backbone layer is ``trainable=False``. Its weights
       stay as loaded and its BatchNorm layers run in inference mode (tf-keras normalises a
@@ -230,7 +230,7 @@ class _BackboneFreezing:
     """
 
     def __init__(self, model, optimizer, strategy, backbone_weights, freeze_epochs: int, batch_per_replica: int):
-        from convert.pretrained import backbone_layer_names
+        from convert.pretrained_names import backbone_layer_names
 
         pretrained = backbone_weights not in (None, "none", "")
         if freeze_epochs < 0:
@@ -320,9 +320,9 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     with strategy.scope():
         model, optimizer = _build_model(config, schedule, learning_rate, backbone_weights, mixed_precision)
         checkpoints = TrainingCheckpoints(model, optimizer, run_dir, keep_checkpoints)
-        distributed.build_optimizer(strategy, model, optimizer)
+        worker_sync.build_optimizer(strategy, model, optimizer)
     history = _resume(checkpoints, run_dir, verbose) if resume and checkpoints.latest else []
-    distributed.sync_from_chief(strategy, checkpoints, verbose)  # several workers: all start from the chief's state
+    worker_sync.sync_from_chief(strategy, checkpoints, verbose)  # several workers: all start from the chief's state
     resumed_from = checkpoints.steps_done
     freezing = _BackboneFreezing(model, optimizer, strategy, backbone_weights, freeze_backbone_epochs,
                                  batch_size // strategy.num_replicas_in_sync)

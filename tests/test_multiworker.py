@@ -30,6 +30,9 @@ import numpy as np
 import pytest
 
 from convert import distributed
+from convert.cluster import (check_port_free, check_worker_timeout, cluster_from_tf_config, parse_cluster,
+                            resolve_cluster)
+from convert.worker_sync import check_agreement
 from edge.errors import EdgeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +46,10 @@ EXIT_MARGIN = 15  # seconds past the worker timeout for the survivor to print it
 # ---------------------------------------------------------------- cluster descriptions (no TensorFlow)
 
 def test_cluster_option_names_the_chief_and_every_worker():
-    cluster = distributed.parse_cluster("10.0.0.5:2222, 10.0.0.6:2222,[::1]:3333", 1)
+    cluster = parse_cluster("10.0.0.5:2222, 10.0.0.6:2222,[::1]:3333", 1)
     assert cluster.addresses == ["10.0.0.5:2222", "10.0.0.6:2222", "[::1]:3333"]
     assert (cluster.address, cluster.worker_id, cluster.is_chief, cluster.num_workers) == ("10.0.0.6:2222", 1, False, 3)
-    assert distributed.parse_cluster("a:1,b:2", 0).is_chief
+    assert parse_cluster("a:1,b:2", 0).is_chief
     assert cluster.tf_config() == {"cluster": {"worker": cluster.addresses}, "task": {"type": "worker", "index": 1}}
 
 
@@ -60,22 +63,22 @@ def test_cluster_option_names_the_chief_and_every_worker():
 ])
 def test_cluster_option_refuses_what_cannot_work(text, index, message):
     with pytest.raises(EdgeError, match=message):
-        distributed.parse_cluster(text, index)
+        parse_cluster(text, index)
 
 
 def test_tf_config_is_read_with_a_chief_job_first():
     text = json.dumps({"cluster": {"worker": ["w0:1", "w1:1"], "chief": ["c:1"]},
                        "task": {"type": "worker", "index": 1}})
-    cluster = distributed.resolve_cluster(None, None, {"TF_CONFIG": text})
+    cluster = resolve_cluster(None, None, {"TF_CONFIG": text})
     assert cluster.addresses == ["c:1", "w0:1", "w1:1"] and cluster.worker_id == 2 and not cluster.is_chief
-    chief = distributed.cluster_from_tf_config(json.dumps({"cluster": {"worker": ["w0:1"], "chief": ["c:1"]},
-                                                           "task": {"type": "chief", "index": 0}}))
+    chief = cluster_from_tf_config(json.dumps({"cluster": {"worker": ["w0:1"], "chief": ["c:1"]},
+                                               "task": {"type": "chief", "index": 0}}))
     assert chief.is_chief and chief.address == "c:1"
     # --cluster wins over TF_CONFIG; neither means one machine.
-    assert distributed.resolve_cluster("a:1,b:2", 0, {"TF_CONFIG": text}).source == "--cluster"
-    assert distributed.resolve_cluster(None, None, {}) is None
+    assert resolve_cluster("a:1,b:2", 0, {"TF_CONFIG": text}).source == "--cluster"
+    assert resolve_cluster(None, None, {}) is None
     with pytest.raises(EdgeError, match="--task-index needs --cluster"):
-        distributed.resolve_cluster(None, 0, {})
+        resolve_cluster(None, 0, {})
 
 
 @pytest.mark.parametrize("text, message", [
@@ -88,30 +91,30 @@ def test_tf_config_is_read_with_a_chief_job_first():
 ])
 def test_tf_config_refuses_what_cannot_work(text, message):
     with pytest.raises(EdgeError, match=message):
-        distributed.cluster_from_tf_config(text)
+        cluster_from_tf_config(text)
 
 
 def test_worker_timeout_and_busy_port_are_refused_before_any_work():
     with pytest.raises(EdgeError, match="--worker-timeout 1: must be at least 5"):
-        distributed.check_worker_timeout(1)
+        check_worker_timeout(1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(EdgeError, match=f"port {port} of this worker .* is not free"):
-            distributed.check_port_free(distributed.parse_cluster(f"127.0.0.1:{port},127.0.0.1:1", 0))
+            check_port_free(parse_cluster(f"127.0.0.1:{port},127.0.0.1:1", 0))
 
 
 def test_batch_agreement_takes_the_smallest_and_refuses_other_data():
     rows = [[16, 300, 7, 30, 9], [12, 300, 7, 30, 9], [24, 300, 7, 30, 9]]
-    assert distributed.check_agreement(rows) == 12
-    cluster = distributed.parse_cluster("a:1,b:2,c:3", 0)
+    assert check_agreement(rows) == 12
+    cluster = parse_cluster("a:1,b:2,c:3", 0)
     with pytest.raises(EdgeError, match=r"worker 2 \(c:3\) loaded other data .*298 training"):
-        distributed.check_agreement(rows[:2] + [[24, 298, 7, 30, 9]], cluster)
+        check_agreement(rows[:2] + [[24, 298, 7, 30, 9]], cluster)
 
 
 def test_lost_worker_is_named_from_tensorflows_message():
-    cluster = distributed.parse_cluster("127.0.0.1:5000,127.0.0.1:5001", 0)
+    cluster = parse_cluster("127.0.0.1:5000,127.0.0.1:5001", 0)
     reset = ("Graph execution error:\n\nCollective ops is aborted by: recvmsg:Connection reset by peer\n"
              "Additional GRPC error information from remote target /job:worker/replica:0/task:1 while calling")
     assert distributed._peer(reset, _Fake(cluster)) == "worker 1 (127.0.0.1:5001)"
@@ -120,7 +123,7 @@ def test_lost_worker_is_named_from_tensorflows_message():
                 "heartbeats):\n/job:worker/replica:0/task:1"
     assert distributed._peer(heartbeat, _Fake(cluster)) == "worker 1 (127.0.0.1:5001)"
     assert distributed._reason(heartbeat) == "stopped sending heartbeats"
-    worker = distributed.parse_cluster("127.0.0.1:5000,127.0.0.1:5001", 1)
+    worker = parse_cluster("127.0.0.1:5000,127.0.0.1:5001", 1)
     silent_chief = "Deadline Exceeded\nRPC: /tensorflow.CoordinationService/Heartbeat"
     assert distributed._peer(silent_chief, _Fake(worker)) == "worker 0 (127.0.0.1:5000)"
     other = "Graph execution error:\n{{function_node __wrapped__CollectiveReduceV2}} Collective ops is aborted by: X"

@@ -55,7 +55,9 @@ def _layer_names(h5_file) -> list[str]:
 def test_feature_maps_and_heads_equal_the_frozen_graphs_own_tensors(odapi_frozen_graph):
     from convert.model import build_ssd
     from convert.odapi import load_frozen_graph
-    from convert.pretrained import InitFrom, compare_with_frozen_graph, read_export
+    from convert.pretrained import InitFrom
+    from convert.pretrained_sources import read_export
+    from convert.pretrained_verify import compare_with_frozen_graph
     from convert.tf import import_tensorflow
 
     tf = import_tensorflow()
@@ -183,7 +185,7 @@ def test_a_partial_export_is_one_line_and_loads_nothing(odapi_frozen_graph, tmp_
 @pytest.mark.slow
 def test_keras_h5_file_loads_by_layer_name(tmp_path):
     from convert.model import build_ssd
-    from convert.pretrained import backbone_layer_names
+    from convert.pretrained_names import backbone_layer_names
     from convert.tf import import_keras
 
     keras = import_keras()
@@ -265,7 +267,7 @@ def test_tf2_checkpoint_layout_maps_the_backbone(tmp_path):
 @pytest.mark.slow
 def test_freezing_flags_and_batchnorm_policy(tmp_path):
     from convert.model import build_ssd
-    from convert.pretrained import backbone_layer_names
+    from convert.pretrained_names import backbone_layer_names
     from convert.steps import make_optimizer
     from convert.tf import import_tensorflow
     from convert.train import _BackboneFreezing

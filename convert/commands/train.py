@@ -208,10 +208,11 @@ def _cluster(args: argparse.Namespace):
     import os
 
     from convert import distributed
+    from convert.cluster import DEFAULT_WORKER_TIMEOUT, check_worker_timeout, resolve_cluster
 
-    cluster = distributed.resolve_cluster(args.cluster, args.task_index)
-    args.worker_timeout = distributed.check_worker_timeout(
-        distributed.DEFAULT_WORKER_TIMEOUT if args.worker_timeout is None else args.worker_timeout)
+    cluster = resolve_cluster(args.cluster, args.task_index)
+    args.worker_timeout = check_worker_timeout(
+        DEFAULT_WORKER_TIMEOUT if args.worker_timeout is None else args.worker_timeout)
     if cluster is not None:
         if args.cluster and os.environ.get("TF_CONFIG"):
             print("--cluster given: the TF_CONFIG environment variable is ignored")
@@ -224,6 +225,7 @@ def _pretrained_options(args: argparse.Namespace) -> None:
     """--backbone-weights / --init-from / --freeze-backbone-epochs checked before any work;
     ``args.backbone_weights`` becomes what :func:`convert.model.build_ssd` takes."""
     from convert import pretrained
+    from convert.pretrained_sources import source_kind
 
     if args.freeze_backbone_epochs < 0:
         raise EdgeError(f"--freeze-backbone-epochs {args.freeze_backbone_epochs}: must be 0 or more")
@@ -234,7 +236,7 @@ def _pretrained_options(args: argparse.Namespace) -> None:
         if args.fpn:
             raise EdgeError(f"--init-from {args.init_from}: the export's heads sit on SSDLite extra layers, "
                             "not on FPN features; drop --fpn (or use --backbone-weights)")
-        kind = pretrained.source_kind(args.init_from)
+        kind = source_kind(args.init_from)
         if kind != "odapi_frozen":
             raise EdgeError(f"--init-from {args.init_from}: heads are read from OD API frozen graphs (.pb) only "
                             f"(this is {kind}); use --backbone-weights for the backbone alone")
@@ -243,7 +245,7 @@ def _pretrained_options(args: argparse.Namespace) -> None:
         args.backbone_weights = "imagenet"
     elif args.backbone_weights not in ("imagenet", "none"):
         try:
-            pretrained.source_kind(args.backbone_weights)
+            source_kind(args.backbone_weights)
         except EdgeError as exc:
             raise EdgeError(f"--backbone-weights {exc}") from None
     if args.freeze_backbone_epochs >= args.epochs:
@@ -305,7 +307,9 @@ def main(args: argparse.Namespace) -> int:
     if batch_size is None:
         batch_size = _auto_batch_size(config, train_set, loss, setup, teacher, distill)
     if multi_worker is not None:  # batch_size is per worker: the smallest one measured wins
-        strategy, per_worker = multi_worker, workers.agree_on_batch_size(multi_worker, batch_size, train_set, val)
+        from convert.worker_sync import agree_on_batch_size
+
+        strategy, per_worker = multi_worker, agree_on_batch_size(multi_worker, batch_size, train_set, val)
         if per_worker != batch_size:
             print(f"batch size {per_worker} per worker: the smallest of the workers' ({batch_size} here)")
         batch_size = per_worker * workers.num_workers(strategy)

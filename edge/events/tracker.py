@@ -10,7 +10,8 @@ arrays) from birth to end; the public :class:`Tracks` is a compacted, columnar c
 
 Association (ByteTrack, Zhang et al. 2022), per frame:
 
-1. every live track predicts its box with constant velocity (centre and size, pixels per frame);
+1. every live track predicts its box with constant velocity (centre and size, pixels per frame:
+   :mod:`edge.events.motion`);
 2. detections with ``score >= high_score`` are matched to confirmed tracks by IoU with the
    predicted boxes, then the high ones still free to tentative tracks;
 3. detections with ``low_score <= score < high_score`` are matched to the confirmed tracks still
@@ -36,6 +37,7 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.events.matching import IouMatcher
+from edge.events.motion import SlotMotion
 from edge.events.tracks import Tracks
 
 
@@ -48,12 +50,6 @@ class Tracker:
     Give the detector a ``score_threshold`` at or below ``low_score``, or the second (low-score)
     association never sees a detection.
     """
-
-    #: Fraction of the prediction error added to a track's velocity on each match (an alpha-beta
-    #: filter with alpha 1: the box jumps to the detection, the velocity follows smoothly, so one
-    #: jittery box does not throw the prediction). The second match sets the velocity outright.
-    VELOCITY_GAIN = 0.4
-    MIN_SIZE = 1.0  # pixels: a predicted box never shrinks below this (size velocity can be negative)
 
     def __init__(self, max_tracks: int = 64, high_score: float = 0.5, low_score: float = 0.1,
                  match_iou: float = 0.3, confirm_frames: int = 3, max_missed: int = 30, *,
@@ -90,17 +86,7 @@ class Tracker:
         self._hits = np.zeros(m, np.int32)
         self._age = np.zeros(m, np.int32)
         self._missed = np.zeros(m, np.int32)
-        # Everything float32, like the detector's boxes: mixing dtypes in a ufunc makes numpy
-        # allocate cast buffers, and float32 resolves 0.001 px at 4K, far below detector jitter.
-        self._since = np.ones(m, np.float32)  # source frames since the last match (velocity divisor)
-        self._state = np.zeros((m, 4), np.float32)  # cx, cy, w, h (pixels)
-        self._vel = np.zeros((m, 4), np.float32)  # d(cx, cy, w, h) per source frame
-        self._pred = np.zeros((m, 4), np.float32)  # the state predicted for this frame
-        self._pred_xyxy = np.zeros((m, 4), np.float32)
-        self._parea = np.zeros(m, np.float32)
-        self._meas = np.zeros((m, 4), np.float32)  # each slot's matched detection, cx cy w h
-        self._resid = np.zeros((m, 4), np.float32)
-        self._gain = np.zeros(m, np.float32)
+        self._motion = SlotMotion(m)  # box state, velocity and prediction of every slot
         self._mscore = np.zeros(m, np.float32)
         self._match_det = np.full(m, -1, np.intp)  # detection row matched to each slot, -1 none
         self._tused = np.zeros(m, bool)  # matched this frame
@@ -109,19 +95,10 @@ class Tracker:
         self._tb2 = np.zeros(m, bool)
         self._cls_f = np.zeros(m, np.float32)  # class ids as floats, to compare in float tiles
         self._cls_f_row = self._cls_f[None, :]
-        self._gain4 = np.zeros((m, 4), np.float32)
         self._ibuf = np.zeros(m, np.int32)
         self._order = np.zeros(m, np.intp)
-        self._out_xyxy = np.zeros((m, 4), np.float32)
-        self._gain_col = self._gain[:, None]
+        # Views made once (a view is a new object: making them per frame allocates).
         self._tused_col = self._tused[:, None]
-        self._parea_row = self._parea[None, :]
-        # Column and row views made once (a view is a new object: making them per frame allocates).
-        self._pred_cols = tuple(self._pred_xyxy[:, c] for c in range(4))
-        self._pred_rows = tuple(col[None, :] for col in self._pred_cols)
-        self._pred_state_cols = tuple(self._pred[:, c] for c in range(4))
-        self._state_cols = tuple(self._state[:, c] for c in range(4))
-        self._out_cols = tuple(self._out_xyxy[:, c] for c in range(4))
         self._live_col = self._live[:, None]
         self._tracks = Tracks(m, max_detections or 0, labels)
         self._det_capacity = 0
@@ -241,25 +218,15 @@ class Tracker:
         self._dslot.fill(-1)
 
     def _predict(self, steps: int) -> None:
-        """Constant-velocity prediction of every slot, ``steps`` source frames ahead (free slots are
-        computed too and masked out later: one fixed-size pass instead of indexing the live ones)."""
+        """Every slot one update older, its box predicted ``steps`` source frames ahead."""
         self._age += 1  # free slots' counters are reset when a track is born there
-        self._since += steps
-        if steps == 1:
-            np.add(self._state, self._vel, out=self._pred)
-        else:
-            np.multiply(self._vel, steps, out=self._pred)
-            np.add(self._pred, self._state, out=self._pred)
-        cx, cy, w, h = self._pred_state_cols
-        np.maximum(w, self.MIN_SIZE, out=w)
-        np.maximum(h, self.MIN_SIZE, out=h)
-        _cxcywh_to_xyxy(self._pred_state_cols, self._pred_cols)
-        np.multiply(w, h, out=self._parea)
+        self._motion.predict(steps)
 
     def _associate(self) -> None:
         """IoU of every detection row with every predicted box (same class, live slots only, else 0),
         then the three ByteTrack stages over it."""
-        self._matcher.fill(self._dcols, self._darea_col, self._dcls, self._pred_rows, self._parea_row,
+        motion = self._motion
+        self._matcher.fill(self._dcols, self._darea_col, self._dcls, motion.pred_rows, motion.parea_row,
                            self._cls_f_row, self._live)
 
         self._match_det.fill(-1)
@@ -293,26 +260,14 @@ class Tracker:
     def _update_matched(self) -> None:
         """Matched slots take their detection's box and score; the rest coast on their prediction."""
         matched, live = self._tused, self._live
-        np.take(self._dcxcywh, self._match_det, axis=0, out=self._meas, mode="clip")
-        np.subtract(self._meas, self._pred, out=self._resid)
-        # gain / frames since the last match: the error built up over a gap is spread over it
-        np.equal(self._hits, 1, out=self._tb1)
-        self._gain.fill(self.VELOCITY_GAIN)
-        np.copyto(self._gain, 1.0, where=self._tb1)
-        np.divide(self._gain, self._since, out=self._gain)
-        np.copyto(self._gain4, self._gain_col)
-        np.multiply(self._resid, self._gain4, out=self._resid)
-        np.add(self._vel, self._resid, out=self._resid)
-        np.copyto(self._vel, self._resid, where=self._tused_col)
-        np.copyto(self._state, self._pred, where=self._live_col)
-        np.copyto(self._state, self._meas, where=self._tused_col)
+        np.equal(self._hits, 1, out=self._tb1)  # matched once before: this match sets the velocity
+        self._motion.correct(self._dcxcywh, self._match_det, matched, self._tused_col, self._live_col, self._tb1)
         np.take(self._dscore, self._match_det, out=self._mscore, mode="clip")
         np.copyto(self._score, self._mscore, where=matched)
         # (ufuncs with where= allocate a buffer; add then copy back where wanted does not)
         np.add(self._hits, 1, out=self._ibuf)
         np.copyto(self._hits, self._ibuf, where=matched)
         np.copyto(self._missed, 0, where=matched)
-        np.copyto(self._since, 0.0, where=matched)
         np.logical_not(matched, out=self._tb1)
         np.logical_and(self._tb1, live, out=self._tb1)  # live and unmatched
         np.add(self._missed, 1, out=self._ibuf)
@@ -350,9 +305,7 @@ class Tracker:
             self._hits[j] = 1
             self._age[j] = 1
             self._missed[j] = 0
-            self._since[j] = 0.0
-            self._state[j] = self._dcxcywh[i]
-            self._vel[j] = 0.0
+            self._motion.start(j, self._dcxcywh[i])
             self._dslot[i] = j
 
     def _confirm(self) -> None:
@@ -371,8 +324,7 @@ class Tracker:
     def _publish(self, n: int) -> None:
         """Compact the live slots into :class:`Tracks` and map detection rows to public ids."""
         tracks = self._tracks
-        out = self._out_xyxy
-        _cxcywh_to_xyxy(self._state_cols, self._out_cols)
+        out = self._motion.boxes_xyxy()
         # Live slots first (in slot order), then the free ones: ``slots`` is a permutation of all
         # slots, so per-track state elsewhere (zones) can gather and scatter all rows at once.
         live_slots = np.flatnonzero(self._live)  # <= max_tracks indices: the per-frame arrays
@@ -399,20 +351,6 @@ class Tracker:
             np.take(self._id, slots, out=det_ids, mode="clip")  # tentative slots hold -1
             np.less(slots, 0, out=self._dneg[:n])
             np.copyto(det_ids, -1, where=self._dneg[:n])
-
-
-def _cxcywh_to_xyxy(src: tuple, dst: tuple) -> None:
-    """Centre/size columns to corner columns, into preallocated ``dst`` (no temporaries)."""
-    cx, cy, w, h = src
-    x0, y0, x1, y1 = dst
-    np.multiply(w, -0.5, out=x0)
-    np.add(x0, cx, out=x0)
-    np.multiply(w, 0.5, out=x1)
-    np.add(x1, cx, out=x1)
-    np.multiply(h, -0.5, out=y0)
-    np.add(y0, cy, out=y0)
-    np.multiply(h, 0.5, out=y1)
-    np.add(y1, cy, out=y1)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
