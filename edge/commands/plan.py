@@ -151,7 +151,7 @@ def _measure_baseline(args: argparse.Namespace) -> int:
     from edge.files import FILE, atomic_write_json, check_paths
     from edge.models import default_model_path
     from edge.plan.baseline import BASELINE_PATH
-    from edge.plan.measure import measure_baseline
+    from edge.plan.calibrate import measure_baseline
 
     target = args.baseline or BASELINE_PATH
     models = list(args.models)
@@ -246,7 +246,7 @@ def _measure(prediction, setup, args: argparse.Namespace, baseline: dict) -> lis
     thread count (all usable cores), so the tuner's transient is left out of that comparison."""
     from dataclasses import replace
 
-    from edge.plan.measure import compare, run_fresh
+    from edge.plan.check import compare, run_fresh
     from edge.plan.predict import predict
 
     threads = setup.threads if isinstance(setup.threads, int) else setup.cores

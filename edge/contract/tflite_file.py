@@ -16,6 +16,7 @@ that into one :class:`~edge.errors.EdgeError` line.
 from __future__ import annotations
 
 import json
+import mmap as _mmap
 import os
 import stat
 import struct
@@ -145,44 +146,53 @@ def read_tflite(path: str | Path) -> TFLiteFile:
         mode = os.stat(path).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO or device: reading would block
             raise EdgeError(f"{path}: not a regular file, expected a .tflite model file")
-        buf = bytearray(path.read_bytes())
+        with open(path, "rb") as handle:
+            # Mapped, not copied: a file-sized buffer, once freed, raises glibc's mmap threshold to the
+            # file's size, and freed heap memory below it then stays resident (edge/plan/allocator.py).
+            buf = _mmap.mmap(handle.fileno(), 0, access=_mmap.ACCESS_READ) if os.fstat(handle.fileno()).st_size else b""
     except FileNotFoundError:
         raise EdgeError(f"{path}: model file not found") from None
     except IsADirectoryError:
         raise EdgeError(f"{path}: is a directory, expected a .tflite model file") from None
     except OSError as exc:
         raise EdgeError(f"{path}: cannot read model ({exc.strerror})") from None
-    if len(buf) < 16 or GetBufferIdentifier(buf, 0) != b"TFL3":
-        raise EdgeError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
     try:
-        model = root_table(buf)
-        names = builtin_operator_names()
-        operators = []
-        for code in read_tables(model, MODEL_OPERATOR_CODES):
-            builtin = max(
-                read_scalar(code, OPCODE_DEPRECATED_BUILTIN, N.Int8Flags, 0),
-                read_scalar(code, OPCODE_BUILTIN, N.Int32Flags, 0),
-            )
-            if builtin == CUSTOM_OPCODE:
-                operators.append(read_string(code, OPCODE_CUSTOM) or "CUSTOM")
-            else:
-                operators.append(names.get(builtin, f"BUILTIN_{builtin}"))
-        postprocess_options = _postprocess_options(model, operators)
-        buffers = read_tables(model, MODEL_BUFFERS)
-        metadata = {}
-        for entry in read_tables(model, MODEL_METADATA):
-            name = read_string(entry, METADATA_ENTRY_NAME) or ""
-            index = read_scalar(entry, METADATA_ENTRY_BUFFER, N.Uint32Flags, 0)
-            if index < len(buffers):
-                metadata[name] = _buffer_bytes(buffers[index], buf)
-    except (IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, struct.error,
-            RecursionError, MemoryError) as exc:
-        # Offsets in a damaged file point anywhere: flatbuffers reads past the end (struct.error,
-        # IndexError) or builds offsets out of range (TypeError "bad number ... for type uint32").
-        raise EdgeError(f"{path}: corrupt TFLite flatbuffer ({first_line(exc, 120, with_type=True)}); "
-                        "re-export or re-download the model") from None
-    return TFLiteFile(path=path, operators=operators, metadata=metadata, postprocess_options=postprocess_options)
-
+        if len(buf) < 16 or GetBufferIdentifier(buf, 0) != b"TFL3":
+            raise EdgeError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
+        try:
+            model = root_table(buf)
+            names = builtin_operator_names()
+            operators = []
+            for code in read_tables(model, MODEL_OPERATOR_CODES):
+                builtin = max(
+                    read_scalar(code, OPCODE_DEPRECATED_BUILTIN, N.Int8Flags, 0),
+                    read_scalar(code, OPCODE_BUILTIN, N.Int32Flags, 0),
+                )
+                if builtin == CUSTOM_OPCODE:
+                    operators.append(read_string(code, OPCODE_CUSTOM) or "CUSTOM")
+                else:
+                    operators.append(names.get(builtin, f"BUILTIN_{builtin}"))
+            postprocess_options = _postprocess_options(model, operators)
+            buffers = read_tables(model, MODEL_BUFFERS)
+            metadata = {}
+            for entry in read_tables(model, MODEL_METADATA):
+                name = read_string(entry, METADATA_ENTRY_NAME) or ""
+                index = read_scalar(entry, METADATA_ENTRY_BUFFER, N.Uint32Flags, 0)
+                if index < len(buffers):
+                    metadata[name] = _buffer_bytes(buffers[index], buf)
+        except (IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, struct.error,
+                RecursionError, MemoryError) as exc:
+            # Offsets in a damaged file point anywhere: flatbuffers reads past the end (struct.error,
+            # IndexError) or builds offsets out of range (TypeError "bad number ... for type uint32").
+            raise EdgeError(f"{path}: corrupt TFLite flatbuffer ({first_line(exc, 120, with_type=True)}); "
+                            "re-export or re-download the model") from None
+        return TFLiteFile(path=path, operators=operators, metadata=metadata, postprocess_options=postprocess_options)
+    finally:
+        if isinstance(buf, _mmap.mmap):
+            try:
+                buf.close()
+            except BufferError:  # a view still alive (an exception's frame): the mapping goes with it
+                pass
 
 def _postprocess_options(model: fb_table.Table, operators: list[str]) -> dict | None:
     """The flexbuffer attributes of the first post-process op in subgraph 0, or None."""
@@ -206,7 +216,7 @@ def _postprocess_options(model: fb_table.Table, operators: list[str]) -> dict | 
     return None
 
 
-def _buffer_bytes(buffer: fb_table.Table, whole: bytearray) -> bytes:
+def _buffer_bytes(buffer: fb_table.Table, whole) -> bytes:
     off = buffer.Offset(BUFFER_DATA)
     if off:
         start = buffer.Vector(off)

@@ -1,7 +1,7 @@
 """The measured figures ``edge plan`` predicts with: the stored baseline, and fitting it.
 
 ``edge/plan/baseline.json`` holds coefficients measured once per runtime version and machine
-(``edge plan --measure-baseline`` regenerates it, :mod:`edge.plan.measure`) with the versions and
+(``edge plan --measure-baseline`` regenerates it, :mod:`edge.plan.calibrate`) with the versions and
 machine they were measured on: :func:`load_baseline` reads it, :func:`baseline_mismatch` says when
 it may not apply here, and :func:`fit_interpreter` and :func:`camera_modeled` turn measurements
 into coefficients.

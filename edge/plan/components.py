@@ -30,7 +30,8 @@ sink the annotation canvas, the preview's frame copy and JPEG and the video writ
 Measured fixed costs: the pipeline's first use (OpenCV and numpy code, numpy.random, threads) and
 each further camera's (threads and their allocator arenas), each sink's.
 
-:mod:`edge.plan.predict` adds them up; the measured figures come from :mod:`edge.plan.baseline`.
+:mod:`edge.plan.predict` adds them up, with the freed source-build memory glibc keeps resident
+(:mod:`edge.plan.allocator`); the measured figures come from :mod:`edge.plan.baseline`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ It records RSS at each boundary and the peak (VmHWM) at the end, and prints one 
 
 With ``--arena`` it afterwards (the peak is read first) loads the model once more without delegates
 and reports the interpreter's own arena: the extent of its non-constant tensors' addresses.
+``--interpreters K`` instead loads K interpreters one after another (:func:`probe_interpreters`), and
+``--malloc-threshold`` reports glibc's mmap threshold after the imports and after loading the model
+(:func:`malloc_thresholds`; each in a process of its own, as both leave allocations behind).
+
+Running these in fresh processes and comparing with a prediction is :mod:`edge.plan.check`; fitting
+the baseline from them is :mod:`edge.plan.calibrate`.
 """
 
 from __future__ import annotations
@@ -250,184 +256,58 @@ def _fetch_snapshots(servers) -> None:
     subprocess.run([sys.executable, "-c", script, *urls], timeout=30, check=False)
 
 
-# ---- running the runner in fresh processes and fitting the baseline -----------------------------
+# ---- glibc's mmap threshold -----------------------------------------------------------------------
 
-def run_fresh(model: str | Path, *, width: int = 640, height: int = 480, cameras: int = 1, threads: int | None = None,
-              sinks: tuple[str, ...] = (), frames: int = 60, runtime: str | None = None, arena: bool = False,
-              interpreters: int = 0, timeout: float = 600.0) -> dict:
-    """:func:`run` (or :func:`probe_interpreters`) in a fresh ``python -m edge.plan.measure`` process."""
-    import subprocess
+def mmap_threshold() -> int:
+    """glibc's current mmap threshold (the smallest chunk size it maps on its own), or 0 off glibc.
 
-    from edge.errors import EdgeError, first_line
-
-    cmd = [sys.executable, "-m", "edge.plan.measure", str(model), "--source", f"{width}x{height}",
-           "--cameras", str(cameras), "--max-frames", str(frames), "--sinks", ",".join(sinks)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    if runtime:
-        cmd += ["--runtime", runtime]
-    if arena:
-        cmd.append("--arena")
-    if interpreters:
-        cmd += ["--interpreters", str(interpreters)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise EdgeError(f"measuring {model}: no result within {timeout:.0f} s") from None
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
-        raise EdgeError(f"measuring {model} failed (exit {done.returncode}): "
-                        f"{first_line(Exception(tail[-1] if tail else 'no output'))}")
-    return json.loads(lines[-1])
-
-
-#: The calibration setups (the demo model): sizes other than the ones the benchmark checks.
-CALIBRATION_SIZES = ((320, 240), (1920, 1080))
-
-
-def measure_baseline(models: list[str | Path], *, frames: int = 30, threads: int = 1,
-                     previous: dict | None = None, log=print) -> dict:
-    """Measure every coefficient :mod:`edge.plan.predict` uses, from fresh processes on this machine.
-
-    ``models[0]`` runs the pipeline setups (the bundled demo model); every model in ``models`` gets an
-    interpreter probe, and two or more fix the XNNPACK ratio and the interpreter overhead together.
+    A binary search over request sizes: a request is mmapped when ``mallinfo2().hblks`` goes up.
+    Every probe is leaked on purpose: freeing a mapped one would raise the threshold being measured,
+    and freeing a heap one would leave a top chunk that serves the next probe. So the probes stay
+    (address space, a page each of RSS): measure in a process of its own, after everything else.
     """
-    import platform
+    import ctypes
 
-    from edge.plan.baseline import camera_modeled, fit_interpreter
-    from edge.plan.components import detector_facts, synthetic_band_peak
-    from edge.plan.graph import read_graph
-    from edge.provenance import cpu_name, package_versions, usable_cores
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return 0
 
-    main_model = str(models[0])
-    (w0, h0), (w1, h1) = CALIBRATION_SIZES
-    runs: dict[str, dict] = {}
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-    def measure(name: str, **kw) -> dict:
-        log(f"edge plan: measuring {name} ...")
-        runs[name] = run_fresh(main_model, frames=frames, threads=threads, **kw)
-        return runs[name]
+    info.restype = MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    from edge.plan.allocator import MMAP_THRESHOLD_MAX, request_size
 
-    probes = []
-    for model in models:
-        log(f"edge plan: measuring interpreters of {Path(model).name} ...")
-        probe = run_fresh(model, interpreters=2, threads=threads)
-        probes.append((str(model), probe))
-    small = measure("small", width=w0, height=h0)
-    large = measure("large", width=w1, height=h1)
-    two = measure("two cameras", width=w0, height=h0, cameras=2)
-    sink_runs = {}
-    for sink in ("json", "video", "preview"):
-        sink_runs[sink] = (measure(f"{sink} small", width=w0, height=h0, sinks=(sink,)),
-                           measure(f"{sink} large", width=w1, height=h1, sinks=(sink,)) if sink != "json" else None,
-                           measure(f"{sink} two cameras", width=w0, height=h0, cameras=2, sinks=(sink,))
-                           if sink != "json" else None)
-
-    graph = read_graph(main_model)
-    facts = detector_facts(graph)
-    first_use = [p["interpreters"][0] - p["interpreters"][1] for _, p in probes]
-    ratio, overhead = fit_interpreter([(read_graph(m), p["interpreters"][1]) for m, p in probes],
-                                      (previous or {}).get("coefficients"))
-
-    def pipeline(r: dict) -> int:
-        return r["end"] - r["interpreter_done"]
-
-    def transient(r: dict) -> int:
-        return r["peak_before_loops"] - r["interpreter_done"]
-
-    m0, m1 = camera_modeled(facts, w0, h0), camera_modeled(facts, w1, h1)
-    f0, f1 = w0 * h0 * 3, w1 * h1 * 3
-    p0, p1 = w0 * h0, w1 * h1
-    co = {
-        "imports_bytes": round(sum(r["imports"] for r in runs.values()) / len(runs)),
-        "runtime_first_use_bytes": round(sum(first_use) / len(first_use)),
-        "xnnpack_packed_ratio": round(ratio, 4),
-        "interpreter_overhead_bytes": overhead,
-        "pipeline_fixed_bytes": round(((pipeline(small) - m0) + (pipeline(large) - m1)) / 2),
-        "camera_fixed_bytes": pipeline(two) - pipeline(small) - m0,
-        "transient_fixed_bytes": round(((transient(small) - f0 - synthetic_band_peak(w0, h0))
-                                        + (transient(large) - f1 - synthetic_band_peak(w1, h1))) / 2),
-        "source_leftover_bytes": transient(two) - transient(small) - f0,
-        "sinks": {},
-    }
-    for sink, (one, big, both) in sink_runs.items():
-        if sink == "json":
-            co["sinks"]["json"] = {"first_fixed": max(0, pipeline(one) - pipeline(small)), "camera_fixed": 0,
-                                   "per_pixel": 0.0}
-            continue
-        # What the sink adds beyond the canvas (and, for the preview, the exchange's frame copy).
-        frames_modeled = 2 if sink == "preview" else 1
-        s0 = pipeline(one) - pipeline(small) - frames_modeled * f0
-        s1 = pipeline(big) - pipeline(large) - frames_modeled * f1
-        per_pixel = max(0.0, (s1 - s0) / (p1 - p0))
-        first = s0 - per_pixel * p0
-        second = pipeline(both) - pipeline(two) - 2 * frames_modeled * f0 - s0
-        co["sinks"][sink] = {"first_fixed": max(0, round(first)), "camera_fixed": max(0, round(second - per_pixel * p0)),
-                             "per_pixel": round(per_pixel, 3)}
-    fixture_note = ("two models fix both" if len(probes) >= 2 else
-                    "one model only: the ratio was kept from the previous baseline")
-    return {
-        "about": ("Measured figures edge plan adds to what it derives from the model file and the setup "
-                  "(edge/plan/predict.py says how each is used). Regenerate on the board, for its runtime "
-                  "version: edge plan --measure-baseline."),
-        "command": "edge plan --measure-baseline",
-        "machine": {"cpu": cpu_name(), "machine": platform.machine(), "usable_cores": usable_cores(),
-                    "os": platform.platform(), "page_size": os.sysconf("SC_PAGE_SIZE")},
-        "versions": {"python": platform.python_version(), **package_versions()},
-        "derivation": {
-            "imports_bytes": "RSS once edge run's imports are done (the runner's first stage, mean of the runs)",
-            "runtime_first_use_bytes": "first interpreter's RSS minus a second one's in the same process "
-                                       "(kernel code paged in once), mean over the models",
-            "xnnpack_packed_ratio": "second interpreter's RSS = mapped file + arena plan + indirection buffers "
-                                    "+ ratio x delegated weight bytes + overhead; " + fixture_note,
-            "interpreter_overhead_bytes": "fitted with the ratio (see above)",
-            "pipeline_fixed_bytes": f"RSS from the interpreter to the end of a 1-camera run minus the modeled "
-                                    f"camera buffers, mean of {w0}x{h0} and {w1}x{h1}",
-            "camera_fixed_bytes": "second camera's RSS minus its modeled buffers",
-            "transient_fixed_bytes": "peak before the loops minus the modeled background and float64 bands",
-            "source_leftover_bytes": "what an earlier camera's source keeps beyond its background when the next is built",
-            "sinks": "run with the sink minus the run without, less the canvas (and the preview's frame copy), "
-                     f"at {w0}x{h0} and {w1}x{h1}: per-pixel slope and fixed part; camera_fixed from 2 cameras",
-        },
-        "calibration": {"model": Path(main_model).name, "frames": frames, "threads": threads,
-                        "sizes": [f"{w}x{h}" for w, h in CALIBRATION_SIZES],
-                        "interpreter_probes": {Path(m).name: p for m, p in probes},
-                        "runs": runs},
-        "coefficients": co,
-    }
+    lo, hi = 1, MMAP_THRESHOLD_MAX + (1 << 20)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        before = info().hblks
+        libc.malloc(mid)
+        if info().hblks > before:
+            hi = mid
+        else:
+            lo = mid
+    return request_size(hi)
 
 
-def compare(prediction, measured: dict) -> list[dict]:
-    """Predicted vs measured, per component where the runner can measure it: ``[{"component",
-    "predicted", "measured", "error"}]`` (error = predicted / measured - 1)."""
-    from edge.plan.components import page_round
+def malloc_thresholds(model: str | None, threads: int | None = None, runtime: str | None = None) -> dict:
+    """glibc's mmap threshold once ``edge run``'s imports are done and, with ``model``, once it is
+    loaded and invoked (what the planner's :func:`edge.plan.allocator.threshold_after_load` predicts).
+    The first probe's leftovers are allocated, not free, so they do not change what the load does."""
+    import_like_edge_run(runtime)
+    out = {"imports": mmap_threshold()}
+    if model:
+        from edge.backends import open_backend
 
-    groups = {c.name: c.bytes for c in prediction.components}
-    baseline = prediction.group_total("baseline")
-    imports = groups.get("python + numpy + OpenCV + edge + runtime", 0)
-    interpreter = prediction.group_total("interpreter") + (baseline - imports)
-    pipeline = prediction.group_total("camera") + prediction.group_total("sink")
-    rows = [
-        ("python + numpy + OpenCV + edge + runtime", imports, measured["imports"]),
-        ("interpreter (+ runtime first use)", interpreter, measured["interpreter_done"] - measured["imports"]),
-        ("weights resident (mapped file)", page_round(Path(prediction.model).stat().st_size), measured["weights_resident"]),
-    ]
-    if "arena" in measured:
-        # The interpreter without XNNPACK: the plan with TFLite's own kernels' scratch tensors (im2col).
-        rows.append(("arena (no-delegate interpreter's own)", prediction.arena["builtin_kernels_bytes"],
-                     measured["arena"]["extent"]))
-    if "end" in measured:
-        rows.append(("cameras + sinks (steady)", pipeline, measured["end"] - measured["interpreter_done"]))
-        rows.append(("steady state", prediction.steady, measured["end"]))
-        rows.append(("before the loops (source build)", prediction.before_loops, measured["peak_before_loops"]))
-        rows.append(("peak RSS", prediction.peak, measured["peak"]))
-    return [{"component": name, "predicted": int(p), "measured": int(m), "error": (p / m - 1.0) if m else None}
-            for name, p, m in rows]
+        backend = open_backend(model, runtime, threads)
+        backend.invoke()
+        out["loaded"] = mmap_threshold()
+        out["file_bytes"] = Path(model).stat().st_size
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arena", action="store_true", help="also report the no-delegate interpreter's arena")
     parser.add_argument("--interpreters", type=int, metavar="K",
                         help="instead: load K interpreters one after another and report what each added")
+    parser.add_argument("--malloc-threshold", action="store_true",
+                        help="instead: glibc's mmap threshold after the imports and after loading the model")
     args = parser.parse_args(argv)
+    if args.malloc_threshold:
+        print(json.dumps(malloc_thresholds(args.model, args.threads, args.runtime)))
+        return 0
     if args.interpreters:
         print(json.dumps(probe_interpreters(args.model, args.interpreters, args.threads, args.runtime)))
         return 0

@@ -8,6 +8,8 @@ The peak is the larger of the steady state and the moment before the loops start
 camera's synthetic source builds its noisy background in float64 bands (two band-sized arrays, three
 when the frame takes several bands) on top of what is already resident. ``--threads auto`` adds a
 second interpreter while the tuner switches thread counts (on boards with more than one core).
+The steady state also carries what glibc keeps of those bands once they are freed, when the model
+file's read left its mmap threshold above their size (:mod:`edge.plan.allocator`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge.plan.allocator import heap_part
 from edge.plan.arena import KERNELS_BUILTIN, ArenaPlan, plan_arena
 from edge.plan.baseline import load_baseline
 from edge.plan.components import (THREADS_AUTO, Component, Setup, camera_parts, detector_facts, interpreter_parts,
@@ -107,6 +110,9 @@ def predict(model: str | Path, setup: Setup, baseline: dict | None = None, *, gr
         if n > 1:
             part.note = f"{n} cameras x ({part.note})"
         components.append(part)
+    kept = heap_part(graph.file_bytes, setup, co)
+    if kept is not None:
+        components.append(kept)
     components += sink_parts(setup, co)
     steady = sum(c.bytes for c in components)
 
