@@ -31,7 +31,7 @@ memory still resident after the last build: the steady state carries it. What it
 allocations of the main thread after the build that would reuse it (``edge run`` with one camera
 runs its loop on the main thread, so its loop buffers partly land there and the prediction is high
 by up to those), thread arenas (the loops' own churn), and big frees inside the runtime while it
-loads (none measured on LiteRT 2.3: the threshold after loading is the file read's).
+loads (none measured on LiteRT 2.3: the threshold after loading is the one after the imports).
 """
 
 from __future__ import annotations
