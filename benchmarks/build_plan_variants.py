@@ -6,7 +6,7 @@ fixture photos, or noise without ../shared); the channel-pruned one is narrowed 
 (no latency probes, no fine-tuning). Then check the planner on them:
 
     .venv/bin/python benchmarks/build_plan_variants.py --out /tmp/plan_variants        # ~5 min on 2 cores
-    .venv/bin/python benchmarks/plan_accuracy.py --quick --models /tmp/plan_variants \\
+    .venv/bin/python benchmarks/plan_accuracy.py --quick --extra --models /tmp/plan_variants \\
         --out benchmarks/results/plan_accuracy_variants
 """
 

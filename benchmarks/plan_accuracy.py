@@ -11,7 +11,7 @@ source in the heap even for small models (edge/plan/allocator.py predicts when a
 machine's load average is recorded at the start and the end (memory, not time, is measured, but a
 loaded machine is worth knowing about).
 
-    .venv/bin/python benchmarks/plan_accuracy.py            # writes benchmarks/results/plan_accuracy.{json,md}
+    .venv/bin/python benchmarks/plan_accuracy.py --extra    # writes benchmarks/results/plan_accuracy.{json,md}
     .venv/bin/python benchmarks/plan_accuracy.py --quick    # 1 and 4 cameras, no CLI runs
 """
 
