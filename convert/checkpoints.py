@@ -60,10 +60,36 @@ class TrainingCheckpoints:
     def restore_latest(self) -> None:
         """Restore the newest checkpoint, optimizer and counters included (``--resume``)."""
         tf = import_tensorflow()
+        _check_optimizer_format(self.latest)
         try:
             self.checkpoint.restore(self.latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, IndexError, tf.errors.OpError) as exc:
             raise EdgeError(f"--resume {self.latest}: cannot restore ({first_line(exc)})") from None
+
+
+# Where each tf-keras Adam keeps its step count in a checkpoint. The optimizer's moments are created
+# after the restore, so a checkpoint of the other kind would match nothing of them: silently, with
+# the step count and the learning-rate schedule starting again from zero.
+_OPTIMIZER_STEP_KEYS = {"optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE": "OptimizerV2 Adam",
+                        "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE": "tf-keras Optimizer Adam"}
+_OUR_OPTIMIZER = "OptimizerV2 Adam"  # convert.steps.make_optimizer
+
+
+def _check_optimizer_format(checkpoint: str | None) -> None:
+    """EdgeError when ``checkpoint``'s optimizer state is not the kind this version trains with
+    (runs started before edgekit moved to OptimizerV2 Adam): it cannot be resumed, only converted."""
+    if checkpoint is None:
+        return
+    tf = import_tensorflow()
+    try:
+        names = {name for name, _ in tf.train.list_variables(checkpoint)}
+    except (tf.errors.OpError, ValueError, IndexError):
+        return  # unreadable: the restore says so in its own words
+    kinds = {kind for key, kind in _OPTIMIZER_STEP_KEYS.items() if key in names}
+    if kinds and _OUR_OPTIMIZER not in kinds:
+        raise EdgeError(f"--resume {checkpoint}: its optimizer state was saved by an earlier edgekit "
+                        f"({', '.join(sorted(kinds))}) and cannot be resumed; edge convert still reads the run, or "
+                        "train it again without --resume")
 
 
 def load_trained_model(run_dir):

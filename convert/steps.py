@@ -2,7 +2,8 @@
 
 :func:`make_optimizer` is Adam behind a warm-up + cosine schedule; :func:`make_train_step` compiles
 one step of the detection loss into a ``tf.function`` (replica-averaged under a distribution
-strategy, loss-scaled under mixed precision); :func:`search_batch_size` finds the largest batch
+strategy, loss-scaled under mixed precision), after :func:`create_slots` has made the optimizer's
+variables; :func:`search_batch_size` finds the largest batch
 such a step runs with on the GPU (``--batch-size auto``). With a teacher (:mod:`convert.distill`) the
 step adds the distillation terms to the detection loss.
 """
@@ -15,7 +16,14 @@ from convert.tf import import_keras, import_tensorflow
 
 def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int | None = None,
                    mixed_precision: bool = False):
-    """Adam with linear warm-up then cosine decay (from scratch BN nets need the gentle start)."""
+    """Adam with linear warm-up then cosine decay (from scratch BN nets need the gentle start).
+
+    tf-keras's OptimizerV2 Adam (``optimizers.legacy``): one fused ``ResourceApplyAdam`` op per
+    variable, where the newer optimizer builds each variable's update from a dozen ops through a
+    distribution ``merge_call`` in Python, which made tracing the step of a MobileNetV2 SSD (~500
+    variables) cost 2.5x more CPU (``python benchmarks/train_step_trace.py``). Same update rule,
+    same steady step time.
+    """
     keras = import_keras()
     total_steps = max(1, int(total_steps))
     warmup = min(total_steps // 10, 500) if warmup_steps is None else int(warmup_steps)
@@ -23,10 +31,22 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int | N
         initial_learning_rate=learning_rate * 0.1 if warmup else learning_rate,
         decay_steps=max(1, total_steps - warmup), alpha=0.02,
         warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=10.0)
+    optimizer = keras.optimizers.legacy.Adam(learning_rate=schedule, global_clipnorm=10.0)
     if mixed_precision:
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def create_slots(optimizer, variables, strategy=None) -> None:
+    """Create ``optimizer``'s variables (step counter, learning-rate terms, Adam's moments for each of
+    ``variables``) now, eagerly, inside ``strategy``'s scope. A ``tf.function`` that creates variables on
+    its first call is traced twice (once to create them, once without); creating them here saves that
+    second trace. Restoring a checkpoint first is fine: the restored values land as the slots appear.
+    Variables that already have slots keep them."""
+    tf = import_tensorflow()
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer._create_all_weights(list(variables))  # OptimizerV2's own (also Keras's h5 loader's) entry
 
 
 def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None, teacher=None, distill=None):
@@ -75,6 +95,7 @@ def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None, te
         per_replica = strategy.run(replica_step, args=(images, targets))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for v in per_replica)
 
+    create_slots(optimizer, model.trainable_variables, strategy)
     if strategy.num_replicas_in_sync > 1:  # distributed batches are PerReplica values: let TF trace them
         return tf.function(step)
     # One graph for every batch size (tracing the backward pass of MobileNetV2 costs many seconds, and

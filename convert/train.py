@@ -30,7 +30,7 @@ from convert.losses import LossConfig, score_conversion_for
 from convert.metrics import MapResult
 from convert.model import build_ssd, set_batchnorm_momentum
 from convert.pipeline import InputPipeline
-from convert.steps import make_optimizer, make_train_step
+from convert.steps import create_slots, make_optimizer, make_train_step
 from convert.tf import import_keras, import_tensorflow
 from edge.errors import EdgeError
 from edge.files import atomic_write_json
@@ -245,8 +245,7 @@ class _BackboneFreezing:
         by_name = {layer.name: layer for layer in model.layers}
         self.layers = [(by_name[name], kind == "bn") for name, kind, _ in backbone_layer_names()]
         if self.active:
-            with strategy.scope():
-                optimizer.build(model.trainable_variables)
+            create_slots(optimizer, model.trainable_variables, strategy)
 
     def apply(self, epoch: int) -> bool:
         """Set the flags for ``epoch`` (0-based); True when they changed (trace the step again)."""

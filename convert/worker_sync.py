@@ -94,7 +94,9 @@ def build_optimizer(strategy, model, optimizer) -> None:
     """Multi-worker: create the optimizer's slots now (inside the strategy's scope, before a restore),
     so the chief's restored slots exist as variables that :func:`sync_from_chief` can hand over."""
     if is_multi_worker(strategy):
-        optimizer.build(model.trainable_variables)
+        from convert.steps import create_slots
+
+        create_slots(optimizer, model.trainable_variables, strategy)
 
 
 def sync_from_chief(strategy, checkpoints, verbose: int = 1) -> None:

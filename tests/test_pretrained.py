@@ -284,7 +284,7 @@ def test_freezing_flags_and_batchnorm_policy(tmp_path):
 
     optimizer = make_optimizer(1e-3, 10)
     small = _BackboneFreezing(model, optimizer, tf.distribute.get_strategy(), str(weights), 2, batch_per_replica=8)
-    assert len(optimizer.variables) > 2 * everything  # Adam slots for every variable, frozen ones too
+    assert len(optimizer.variables()) > 2 * everything  # Adam slots for every variable, frozen ones too
     assert small.apply(0) and small.describe() == "frozen"
     assert not any(layer.trainable for layer in trunk)
     assert len(model.trainable_variables) == everything - 52 * 3  # no trunk kernel, gamma or beta left
