@@ -9,7 +9,7 @@ processes, the tiny SSDLite of tests/test_train.py: width 0.35, 160 px, syntheti
    EdgeError line within the worker timeout, leaving only complete files in the run directory.
 2. both start again with ``--resume``: the chief restores the checkpoint, the worker (which has no
    copy of it) takes the chief's state, and they finish the run; the worker's temporary files are
-   gone, and the chief's run directory loads and detects.
+   gone, and the chief's run directory loads and detects, and converts to an int8 model the board runs.
 
 The parsing tests need no TensorFlow.
 """
@@ -297,6 +297,25 @@ def test_chiefs_run_directory_loads_and_detects(cluster_runs):
     boxes, scores, classes = predictions[0]
     assert len(scores) > 0 and np.all(np.isfinite(boxes)) and np.all((scores >= 0) & (scores <= 1))
     assert set(classes.tolist()) <= set(range(len(config.labels)))
+
+
+@pytest.mark.slow
+def test_chiefs_run_directory_converts_to_int8_and_the_board_runs_it(cluster_runs, tmp_path, capsys):
+    """What a user does next with the run two machines trained: edge convert, then edge detect."""
+    from edge.cli import main
+
+    run_dir, val = cluster_runs["run_dir"], cluster_runs["val"]
+    out = tmp_path / "chief_int8.tflite"
+    assert main(["convert", str(run_dir), "-o", str(out), "--sparsity", "0", "--calib", str(val),
+                 "--calib-images", "8", "--val", str(val)]) == 0, capsys.readouterr().err
+    report = json.loads(out.with_name("chief_int8.report.json").read_text())
+    assert report["models"]["output"]["stats"]["input"]["dtype"] == "uint8"  # full-integer, raw pixels in
+    assert b"TFLite_Detection_PostProcess" in out.read_bytes()
+    capsys.readouterr()
+    image = sorted((val / "JPEGImages").iterdir())[0]
+    assert main(["detect", str(out), str(image), "--score", "0.0", "--out", str(tmp_path / "detected")]) == 0
+    assert image.name in capsys.readouterr().out
+    assert json.loads((tmp_path / "detected" / "detections.json").read_text())
 
 
 @pytest.mark.slow

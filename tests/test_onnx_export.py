@@ -148,7 +148,7 @@ def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):
 
     from convert.checkpoints import load_trained_model
     from convert.conversion import ConvertOptions, convert
-    from convert.export import postprocess_function
+    from convert.export import postprocess_function, weights_only
     from convert.head import PostprocessOptions
     from edge.contract.anchors import generate_anchors
 
@@ -161,7 +161,10 @@ def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):
     post = postprocess_function(attributes)
     anchors = tf.constant(generate_anchors(config.anchors))
     module = tf.Module()
-    module.model = model
+    # The serving signature and the variables it reads, not the Keras model's own functions: what is
+    # read here is the signature (a SavedModel holding the whole Keras model is test_export.py's case),
+    # and the layers' functions would cost a minute to save and to load twice on 2 cores.
+    module.model = weights_only(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="input")])
     def inference(image):
