@@ -270,13 +270,14 @@ def test_a_scripted_run_publishes_the_exact_events_counts_stats_and_discovery(br
         # the events: exactly the documented mapping of what the loop produced, in order
         kinds = [e["event"] for e in recorder.seen]
         assert sorted(kinds) == ["cross", "cross", "enter", "leave"], recorder.seen
-        messages = [json.loads(p) for p in sub.on("edgekit/door/events")]
+        everything = [json.loads(p) for p in sub.on("edgekit/door/events")]
+        messages = [m for m in everything if m["type"] != "update"]
         got = [(m["type"], m["after"].get("zone") or m["after"].get("line"), m["after"]["track"],
                 m["after"]["reason"]) for m in messages]
         assert got == _expected(recorder.seen)
         assert [m["type"] for m in messages] == ["new", "end"] * 4
         assert sorted(r for _, _, _, r in got if r) == ["cross", "cross", "leave", "stopped"]
-        for message in messages:  # each end carries the state its new published, then the final one
+        for message in messages:  # each end carries the state last published, then the final one
             before, after = message["before"], message["after"]
             assert before["id"] == after["id"] and before["camera"] == "door" and before["label"] == "square"
             if message["type"] == "new":
@@ -288,6 +289,14 @@ def test_a_scripted_run_publishes_the_exact_events_counts_stats_and_discovery(br
         first_leave = next(m for m in messages if m["after"]["reason"] == "leave")
         assert first_leave["after"]["entered"] is False, "the green square was inside when first tracked"
         assert any(e["event"] == "leave" for e in recorder.seen[:1])
+        # updates (how many: the frame times decide) only for the zone event still open, each one's
+        # before the message before it, and its end's before the last of them
+        opened = next(m for m in messages if m["after"]["reason"] == "stopped")["after"]["id"]
+        updates = [m for m in everything if m["type"] == "update"]
+        assert all(m["after"]["id"] == opened and m["after"]["zone"] == "right" for m in updates)
+        chain = [m for m in everything if m["after"]["id"] == opened]
+        assert [m["type"] for m in chain] == ["new"] + ["update"] * len(updates) + ["end"]
+        assert all(later["before"] == earlier["after"] for earlier, later in zip(chain, chain[1:]))
 
         # counts: the broker keeps the last value of each (retained), equal to the zones' own
         late = Subscriber(broker.port, ["edgekit/door/counts/#", "edgekit/door/occupancy/#",
@@ -325,7 +334,7 @@ def test_a_scripted_run_publishes_the_exact_events_counts_stats_and_discovery(br
         assert configs[node.format("sensor", "middle_square_in")]["state_topic"] == \
             "edgekit/door/counts/middle/square/in"
         assert configs[node.format("binary_sensor", "right_occupancy")]["state_topic"] == "edgekit/door/occupancy/right"
-        assert sink.dropped == 0 and "8 event messages" in sink.report()
+        assert sink.dropped == 0 and f"{8 + len(updates)} event messages" in sink.report()
         assert [line for line in lines if "connected" not in line] == [], lines
     finally:
         sub.close()

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="systemd Type=notify: READY=1 after the first frame, WATCHDOG=1 while frames flow, "
                              "STATUS=, STOPPING=1 (see docker/edgekit.service)")
     parser.add_argument("--mqtt", metavar="URL",
-                        help="publish zone/line events (Frigate-style new/end JSON), counts, occupancy, stats and "
+                        help="publish zone/line events (Frigate-style new/update/end JSON), counts, occupancy, stats and "
                              "Home Assistant discovery to an MQTT broker: mqtt://[user:pass@]host[:port][/prefix] "
                              "(mqtts:// for TLS against the system's CA store; a user without :pass takes "
                              "EDGE_MQTT_PASSWORD); topics under edgekit/CAMERA unless /prefix is given (with --config: "

@@ -10,8 +10,9 @@ Topics (``P`` is the prefix)
                                     last will ``offline`` (retained) when the connection dies (a kill
                                     -9, a power cut, a network cut after the keepalive); ``offline``
                                     too when the run ends
-``P/events``                        Frigate-style event JSON, QoS 1: ``{"type": "new" | "end",
-                                    "before": {...}, "after": {...}}``, one event per object per zone
+``P/events``                        Frigate-style event JSON, QoS 1: ``{"type": "new" | "update" |
+                                    "end", "before": {...}, "after": {...}}``, one event per object
+                                    per zone (a line crossing: one per crossing)
 ``P/counts/REGION/DIR``             events so far for a zone or line, all classes (retained, QoS 1);
                                     ``DIR`` is ``in`` (entered / crossed in) or ``out`` (left /
                                     crossed out), as in the JSON lines
@@ -29,34 +30,47 @@ Topic levels are the names with ``/``, ``+``, ``#`` and white space replaced by 
 
 Events
 ------
-An ``enter`` starts an event (``type: "new"``); the same object's ``leave`` of that zone ends it
-(``type: "end"``, ``after.reason: "leave"``), ``before`` holding the state published with ``new`` and
-``after`` the final one (``end_time``, ``end_frame``, ``end_point``). A ``cross`` of a line is an
-instant: a ``new`` and an ``end`` with the same id, back to back (``after.reason: "cross"``), so a
-consumer sees one shape for everything: every ``new`` gets its ``end``. An object that was already
-inside when first tracked and then leaves (no ``enter`` was ever seen) also gets a ``new`` + ``end``
-pair, with ``entered: false``. When the tracker drops an object that is still inside (it was lost,
-not seen leaving), its event ends with ``reason: "lost"`` (needs the
-:class:`~edge.events.stage.EventStage` as ``zones``; checked at most every ``LOST_CHECK_SECONDS``);
-events still open when the run stops end with ``reason: "stopped"``. A run killed outright leaves
-them open; ``P/availability`` then says ``offline``.
+An ``enter`` starts an event (``type: "new"``); while the object stays inside, a material change
+(it moved: IoU of its box with the box last published below 0.6; or its ``top_score`` rose by
+0.05) sends ``type: "update"``, at most one per event every ``update_interval`` seconds of frame
+time (default 1; the rule and why: :mod:`edge.events.mqtt_updates`); the same object's ``leave`` of
+that zone ends it (``type: "end"``, ``after.reason: "leave"``). ``before`` is always the state last
+published for the event (``new``'s, then each ``update``'s ``after``), ``after`` the state now; the
+final one has ``end_time``, ``end_frame``, ``end_point``. Every state carries ``frame`` and ``time``
+(of the frame it describes), ``box`` (pixels ``[x0, y0, x1, y1]``), ``score``, ``top_score`` and
+``point`` (the zone's anchor of the box) besides the ids, zone, class and start fields. A
+``cross`` of a line is an instant: a ``new`` and an ``end`` with the same id, back to back
+(``after.reason: "cross"``), never an update, so a consumer sees one shape for everything: every
+``new`` gets its ``end``. An object that was already inside when first tracked and then leaves (no
+``enter`` was ever seen, so no updates either) also gets a ``new`` + ``end`` pair, with ``entered:
+false``. When the tracker drops an object that is still inside (it was lost, not seen leaving), its
+event ends with ``reason: "lost"`` (needs the :class:`~edge.events.stage.EventStage` as ``zones``;
+checked at most every ``LOST_CHECK_SECONDS``); events still open when the run stops end with
+``reason: "stopped"``. A run killed outright leaves them open; ``P/availability`` then says
+``offline``. Updates, like ``lost``, need the EventStage (its tracker has the boxes and scores).
 
 The detector never waits for the broker
 ---------------------------------------
 Messages go into paho's outbound queue and paho's own network thread (``loop_start``) sends them,
 reconnects (back-off ``reconnect_delay`` seconds, doubling) and resends what was queued while the
 broker was away. Events queue up to ``queue_size`` messages (QoS 1, unacknowledged); past that they are
-dropped and counted (``report()``, ``P/stats``). Counts and occupancy are state, not history: they
-are never queued while disconnected but published again, current, after every connect (with the
-discovery configs), so a restarted broker without persistence gets them back. paho's own limit
-(``max_queued_messages_set``) sits above ``queue_size`` by the number of those state topics, so an
-event backlog never crowds them out. A wrong password or a broker that cannot be reached is one log
-line (through ``log``); the run goes on and paho keeps retrying.
+dropped and counted (``report()``, ``P/stats``). An update is queued only while the queue keeps room
+for the ``end`` of every open event, so updates never crowd out an ``end``; else it is dropped and
+counted (``updates_dropped``), and the event's next update is judged against what was published.
+Counts and occupancy are state, not history: they are never queued while disconnected but published
+again, current, after every connect (with the discovery configs), so a restarted broker without
+persistence gets them back. paho's own limit (``max_queued_messages_set``) sits above ``queue_size``
+by the number of those state topics, so an event backlog never crowds them out. A wrong password or
+a broker that cannot be reached is one log line (through ``log``); the run goes on and paho keeps
+retrying.
 
 Per frame with nothing happening: no JSON, no lock, no paho call; :meth:`MqttSink.write` only checks
-whether objects are inside a zone (then, at most every ``LOST_CHECK_SECONDS``, whether the tracker
-still has them). Stats are published by a small thread of this sink's own, so they keep coming when
-frames stop (a stalled camera shows as such).
+whether objects are inside a zone. With objects inside (open events), each one's box and score are
+noted in place and compared with its last published state (a few float operations under the
+ledger's lock, nothing kept past the frame; on a frame with events, after them, so an event that
+ends gets no update on its last frame), and at most every ``LOST_CHECK_SECONDS`` the tracker is
+asked whether it still has them. Stats are published by a small thread of this sink's own
+(:mod:`edge.events.mqtt_state`), so they keep coming when frames stop (a stalled camera shows as such).
 
 ``paho-mqtt>=2`` is imported when a sink is made, not with this module (``pip install 'edgekit[events]'``).
 """
@@ -71,23 +85,24 @@ import time
 from typing import Callable
 
 from edge.errors import EdgeError, first_line
-from edge.events.ha_discovery import DISCOVERY_PREFIX, discovery_configs
+from edge.events.ha_discovery import DISCOVERY_PREFIX
 from edge.events.mqtt_connection import MqttConnection
-from edge.events.mqtt_events import EventLedger, Region, ended_state
+from edge.events.mqtt_events import EventLedger, ended_state
+from edge.events.mqtt_state import StatePublishing
 from edge.events.mqtt_target import MqttTarget, parse_mqtt_url, safe_id, topic_level
+from edge.events.mqtt_updates import UPDATE_INTERVAL, seen_now
 from edge.live.sinks import Sink
 
 QUEUE_SIZE = 1000  # unacknowledged QoS 1 event messages held while the broker is slow or away
 STATE_HEADROOM = 64  # paho's limit is queue_size + this + the state topics (availability, discovery, counts)
 STATS_EVERY = 5.0  # seconds between P/stats messages
-OCCUPANCY_EVERY = 1.0  # seconds between checks of the zones' occupancy (it changes without events too)
 LOST_CHECK_SECONDS = 0.5  # objects inside a zone: how often the tracker is asked whether they are still there
 KEEPALIVE = 30  # seconds; the broker publishes the last will ~1.5 keepalives after a silent network cut
 RECONNECT_DELAY = (1, 30)  # seconds: paho's first and longest wait between connection attempts
 CLOSE_TIMEOUT = 2.0  # seconds close() waits for queued messages to reach a connected broker
 
 
-class MqttSink(Sink):
+class MqttSink(StatePublishing, Sink):
     """Publishes zone/line events, counts, occupancy, stats and availability to an MQTT broker.
 
     ``url``: an ``mqtt://`` / ``mqtts://`` URL or a :class:`MqttTarget`. ``camera`` names the camera
@@ -96,7 +111,9 @@ class MqttSink(Sink):
     is gone) or a :class:`~edge.events.zones.Zones`; it gives the zones, lines and their classes for
     discovery before any event, and the zones' occupancy. Without it, regions are learnt from events.
     ``log`` gets a line per connection problem (``problems``: shared by several cameras' sinks) and per
-    reconnect. ``discovery_prefix`` ``None``: no Home Assistant discovery. The rest are the module constants.
+    reconnect. ``discovery_prefix`` ``None``: no Home Assistant discovery. ``update_interval``: the least
+    seconds (frame time) between two messages of one open event (None: no updates; they need the
+    EventStage as ``zones``). The rest are the module constants.
 
     The connection (:class:`~edge.events.mqtt_connection.MqttConnection`) starts in :meth:`start`
     (the loop calls it before the first frame) and runs on paho's thread; nothing here raises into
@@ -108,12 +125,14 @@ class MqttSink(Sink):
                  stats_every: float = STATS_EVERY, keepalive: int = KEEPALIVE,
                  reconnect_delay: tuple[int, int] = RECONNECT_DELAY, close_timeout: float = CLOSE_TIMEOUT,
                  discovery_prefix: str | None = DISCOVERY_PREFIX, client_id: str | None = None,
-                 model: str | None = None, problems=None) -> None:
+                 model: str | None = None, problems=None, update_interval: float | None = UPDATE_INTERVAL) -> None:
         self.target = url if isinstance(url, MqttTarget) else parse_mqtt_url(url)
         if not str(camera).strip():
             raise EdgeError("--mqtt: the camera name is empty; give a name (it goes into the topics)")
         if queue_size < 1:
             raise ValueError(f"MqttSink queue_size={queue_size!r}: must be at least 1")
+        if update_interval is not None and not update_interval >= 0:
+            raise ValueError(f"MqttSink update_interval={update_interval!r}: must be >= 0 seconds (None: no updates)")
         self.camera = str(camera).strip()
         self.prefix = self.target.prefix or f"edgekit/{topic_level(self.camera)}"
         self.queue_size = int(queue_size)
@@ -134,10 +153,11 @@ class MqttSink(Sink):
         except Exception:
             self._version = None
 
-        self.events_published = 0  # event messages accepted into the queue
+        self.events_published = 0  # event messages accepted into the queue (updates included)
+        self.updates_published = self.updates_dropped = 0  # update messages queued / dropped (no room)
         self.undelivered = 0  # queued messages the broker had not acknowledged when the sink closed
         self._numbers = threading.Lock()  # events_published, bumped from several threads
-        self._ledger = EventLedger(self.camera, f"{int(time.time() * 1000):x}")
+        self._ledger = EventLedger(self.camera, f"{int(time.time() * 1000):x}", update_interval)
         self._sent_counts: dict[tuple[str, str | None, str], int] = {}
         self._sent_occupancy: dict[str, int] = {}
         self._discovered: set[str] = set()  # discovery topics published since the last connect
@@ -145,6 +165,8 @@ class MqttSink(Sink):
         self._stats: Callable[[], dict] = dict
         self._stats_info = None
         self._next_lost_check = 0.0
+        self._events_seen = 0  # the stage's events_total when this sink last had them
+        self._follow_seq = None  # a frame whose boxes and scores are followed after its events
         self._started = self._closed = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -177,8 +199,18 @@ class MqttSink(Sink):
         self._thread.start()
 
     def write(self, frame, detections, annotated) -> None:
-        if not self._ledger.open or self._stage_tracker() is None:
+        if not self._ledger.open:
             return
+        tracker = self._stage_tracker()
+        if tracker is None:
+            return
+        total = getattr(self._source, "events_total", 0)
+        later = total != self._events_seen  # this frame has events: :meth:`events` comes next, updates after them
+        self._events_seen, self._follow_seq = total, frame.seq if later else None
+        try:
+            self._send_updates(self._ledger.follow(tracker.tracks, frame.seq, frame.stamp, judge=not later))
+        except Exception as exc:  # never into the loop
+            self._say(f"internal error publishing an update ({first_line(exc, with_type=True)})")
         now = time.monotonic()
         if now < self._next_lost_check:
             return
@@ -193,6 +225,10 @@ class MqttSink(Sink):
             for event in events:
                 self._event(event)
             self._wake.set()
+            self._events_seen = getattr(self._source, "events_total", 0)
+            if self._follow_seq == frame.seq:  # after the ends: an event that just ended gets no update
+                self._follow_seq = None
+                self._send_updates(self._ledger.judge(frame.seq, frame.stamp))
         except Exception as exc:  # never into the loop
             self._say(f"internal error publishing an event ({first_line(exc, with_type=True)})")
 
@@ -208,7 +244,7 @@ class MqttSink(Sink):
         now = time.time()
         still_open = self._ledger.take_open()
         if self.connected:  # else nothing more can arrive: the will said offline, or it never connected
-            for step in (lambda: [self._end(state, "stopped", None, now, None) for state in still_open],
+            for step in (lambda: [self._end(*ending, "stopped", None, now, None) for ending in still_open],
                          lambda: self._publish_state(full=False),
                          lambda: self._connection.publish(self.availability_topic, "offline", retain=True, state=True)):
                 try:
@@ -221,10 +257,11 @@ class MqttSink(Sink):
 
     def report(self) -> str | None:
         dropped = f", {self.dropped} dropped (queue full)" if self.dropped else ""
+        updates = f" ({self.updates_published} updates)" if self.updates_published else ""
         lost = f", {self.undelivered} not delivered (the broker was away at the end)" if self.undelivered else ""
         state = "" if self.connects else " (never connected)"
         again = self.connects - 1
-        return (f"mqtt: {self.events_published} event messages, {self.published} messages in all to "
+        return (f"mqtt: {self.events_published} event messages{updates}, {self.published} messages in all to "
                 f"{self.target.describe()}/{self.prefix}{dropped}{lost}{state}"
                 + (f", {again} reconnect{'s' if again != 1 else ''}" if again > 0 else ""))
 
@@ -232,17 +269,12 @@ class MqttSink(Sink):
         """This sink's numbers (also in ``P/stats`` under ``"mqtt"``)."""
         return {"connected": self.connected, "published": self.published, "events": self.events_published,
                 "dropped": self.dropped, "queued": self._connection.pending_count(), "connects": self.connects,
-                "attempts": self.attempts}
+                "attempts": self.attempts, "updates": self.updates_published, "updates_dropped": self.updates_dropped}
 
     # ---- regions --------------------------------------------------------------------------------
 
     def _stage_tracker(self):
         return getattr(self._source, "tracker", None)
-
-    def _zones(self):
-        """The :class:`Zones` (an EventStage makes it on the first frame), or None."""
-        source = self._source
-        return source.zones if hasattr(source, "tracker") else source
 
     def _fit_queue(self) -> None:
         """paho's hard limit (set once: paho refuses changes on a connection): the event queue plus
@@ -261,128 +293,50 @@ class MqttSink(Sink):
 
     def _event(self, event) -> None:
         point = (event.x, event.y)
-        started, ended = self._ledger.record(event)
+        tracker = self._stage_tracker()
+        seen = seen_now(tracker.tracks if tracker is not None else None, event.track_id)
+        started, ended = self._ledger.record(event, seen)
         if started is not None:
             self._send_event("new", started, started)
         if ended is not None:
-            self._end(ended, "cross" if event.region != "zone" else "leave", event.seq, event.time, point)
+            self._end(*ended, "cross" if event.region != "zone" else "leave", event.seq, event.time, point)
 
-    def _end(self, state: dict, reason: str, seq, stamp, point) -> None:
-        self._send_event("end", state, ended_state(state, reason, seq, stamp, point))
+    def _end(self, before: dict, last: dict, reason: str, seq, stamp, point) -> None:
+        self._send_event("end", before, ended_state(last, reason, seq, stamp, point))
 
-    def _send_event(self, kind: str, before: dict, after: dict) -> None:
+    def _send_updates(self, due) -> None:
+        """The updates due (None: none), each only while the queue keeps room for every open event's end."""
+        for opened in due or ():
+            self._send_update(opened)
+
+    def _send_update(self, opened) -> None:
+        if self._connection.pending_count() + len(self._ledger.open) >= self.queue_size:
+            self._connection.count("dropped")
+            self.updates_dropped += 1
+            return
+        after = opened.current()
+        if self._send_event("update", opened.state, after):
+            opened.state = after
+            self.updates_published += 1
+        else:
+            self.updates_dropped += 1
+
+    def _send_event(self, kind: str, before: dict, after: dict) -> bool:
         payload = json.dumps({"type": kind, "before": before, "after": after}, separators=(",", ":"))
         if self._connection.publish(self.events_topic, payload):
             with self._numbers:
                 self.events_published += 1
+            return True
+        return False
 
     def _end_lost(self, frame) -> None:
         """End the events of objects the tracker no longer has (lost inside the zone)."""
         tracks = self._stage_tracker().tracks
-        states = self._ledger.take_lost(set(tracks.ids.tolist()))
-        for state in states:
-            self._end(state, "lost", frame.seq, frame.stamp, None)
-        if states:
+        ending = self._ledger.take_lost(set(tracks.ids.tolist()))
+        for before, last in ending:
+            self._end(before, last, "lost", frame.seq, frame.stamp, None)
+        if ending:
             self._wake.set()
-
-    # ---- state and stats (the helper thread) ------------------------------------------------------
-
-    def _discovery(self) -> list[tuple[str, dict]]:
-        """The Home Assistant discovery configs not yet sent since the last connect."""
-        if not self.discovery_prefix:
-            return []
-        keys, regions = self._ledger.snapshot()
-        return discovery_configs(self.discovery_prefix, node=self._node, camera=self.camera, model=self.model,
-                                 version=self._version, availability_topic=self.availability_topic,
-                                 stats_topic=self.stats_topic, prefix=self.prefix, count_keys=keys,
-                                 regions=regions, count_topic=self._count_topic, sent=self._discovered)
-
-    def _count_topic(self, region: Region, cls: str | None, direction: str) -> str:
-        if cls is None:
-            return f"{self.prefix}/counts/{region.level}/{direction}"
-        return f"{self.prefix}/counts/{region.level}/{topic_level(cls)}/{direction}"
-
-    def _occupancy(self) -> dict[str, int]:
-        """Objects inside each zone now: the Zones' own number when there is one (it counts objects
-        first seen inside too), else the open events."""
-        zones = self._zones()
-        out: dict[str, int] = {}
-        if zones is not None and getattr(zones, "occupancy", None) is not None:
-            occupancy = zones.occupancy.tolist()
-            for i, name in enumerate(zones.names[: zones.zone_count]):
-                out[name] = int(occupancy[i]) if i < len(occupancy) else 0
-        self._ledger.add_open_occupancy(out)
-        return out
-
-    def _publish_state(self, full: bool) -> None:
-        """Discovery configs not yet sent, then counts and occupancy: all of them (``full``, after a
-        connect) or those that changed. Only while connected: a disconnect leaves them due."""
-        if not self.connected:
-            return
-        publish = self._connection.publish
-        for topic, config in self._discovery():
-            if publish(topic, json.dumps(config, separators=(",", ":")), retain=True, state=True):
-                self._discovered.add(topic)
-        counts = self._ledger.take_counts()
-        for key, value in counts.items():
-            if full or self._sent_counts.get(key) != value:
-                name, cls, direction = key
-                if publish(self._count_topic(self._ledger.regions[name], cls, direction), str(value), retain=True,
-                           state=True):
-                    self._sent_counts[key] = value
-                else:
-                    self._ledger.dirty = True
-        for name, value in self._occupancy().items():
-            if full or self._sent_occupancy.get(name) != value:
-                if publish(f"{self.prefix}/occupancy/{topic_level(name)}", str(value), retain=True, state=True):
-                    self._sent_occupancy[name] = value
-
-    def _publish_stats(self) -> None:
-        if not self.connected:
-            return
-        if self._stats_info is not None and not self._stats_info.is_published():
-            self._connection.count("dropped")  # the last one is still in paho's buffer: the broker is slow
-            return
-        try:
-            data = dict(self._stats())
-        except Exception as exc:
-            data = {"error": first_line(exc)}
-        data["camera"] = self.camera
-        data["mqtt"] = self.counters()
-        try:
-            payload = json.dumps(data, separators=(",", ":"))
-        except Exception:
-            return
-        info = self._connection.publish_unqueued(self.stats_topic, payload)
-        if info is not None:
-            self._stats_info = info
-            self._connection.count("published")
-
-    def _run(self) -> None:
-        """The helper thread: state after a connect or an event, occupancy changes, stats ticks."""
-        next_stats = time.monotonic() + min(1.0, self.stats_every) if self.stats_every else float("inf")
-        next_occupancy = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            self._wake.wait(max(0.0, min(next_stats, next_occupancy) - now))
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                now = time.monotonic()
-                if self._resync and self.connected:
-                    self._resync = False
-                    self._discovered.clear()
-                    self._publish_state(full=True)
-                elif self._ledger.dirty or now >= next_occupancy:
-                    self._publish_state(full=False)
-                if now >= next_occupancy:
-                    next_occupancy = now + OCCUPANCY_EVERY
-                if now >= next_stats:
-                    next_stats = now + self.stats_every
-                    self._publish_stats()
-            except Exception as exc:  # never let the helper die silently
-                self._say(f"internal error ({first_line(exc, with_type=True)})")
 
     # ---- called from paho's thread and every other ---------------------------------------------
 
