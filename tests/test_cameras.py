@@ -130,7 +130,12 @@ def test_faulty_cameras_never_slow_the_others(detector):
     print({c.name: (round(c.fps, 2), c.state, c.read_errors, c.stalls, c.reconnects) for c in summary.cameras})
     for camera in healthy:
         c = summary.camera(camera.name)
-        assert c.fps >= 9.0, f"{c.name} ran at {c.fps:.2f} fps beside the faulty cameras (10 fps source)"
+        # Not slowed: the detector took (nearly) every frame its 10 fps source delivered, whatever the
+        # machine's load made of the source's own rate; a faulty camera holding the loop would show
+        # here as frames overwritten in the ring before the detector got to them.
+        assert c.frames_read >= 20, f"{c.name}: only {c.frames_read} frames in 5 s from a 10 fps source"
+        assert c.frames_processed >= 0.9 * c.frames_read, (
+            f"{c.name} processed {c.frames_processed} of {c.frames_read} frames beside the faulty cameras")
         assert c.state == "up" and c.read_errors == c.stalls == 0
     raises = summary.camera("raises")
     assert raises.frames_processed == 0 and raises.read_errors >= 3 and raises.reconnects >= 2
@@ -230,7 +235,8 @@ def test_a_camera_not_up_at_start_joins_when_it_comes_up(detector):
             server.close()
     now, joined = summary.camera("now"), summary.camera("late")
     print({c.name: (c.frames_processed, c.read_errors, c.reconnects) for c in summary.cameras})
-    assert now.fps >= 9.0 and now.state == "up"
+    # The waiting camera never held the loop: the synthetic one lost (nearly) nothing of what it delivered.
+    assert now.state == "up" and now.frames_read >= 20 and now.frames_processed >= 0.9 * now.frames_read
     assert joined.reconnects >= 1 and joined.frames_processed >= 20 and joined.state == "up"
     assert late.frame_shape == (120, 160, 3)
     assert any("camera late:" in m and "reconnect failed" in m for m in messages)
