@@ -309,7 +309,8 @@ def test_chiefs_run_directory_converts_to_int8_and_the_board_runs_it(cluster_run
     assert main(["convert", str(run_dir), "-o", str(out), "--sparsity", "0", "--calib", str(val),
                  "--calib-images", "8", "--val", str(val)]) == 0, capsys.readouterr().err
     report = json.loads(out.with_name("chief_int8.report.json").read_text())
-    assert report["models"]["output"]["stats"]["input"]["dtype"] == "uint8"  # full-integer, raw pixels in
+    assert report["output_model"] == "int8-ptq"
+    assert report["models"]["int8-ptq"]["stats"]["input"]["dtype"] == "uint8"  # full-integer, raw pixels in
     assert b"TFLite_Detection_PostProcess" in out.read_bytes()
     capsys.readouterr()
     image = sorted((val / "JPEGImages").iterdir())[0]
