@@ -2,7 +2,8 @@
 
 ``edge bench`` reports figures and ratios and judges nothing: what counts as good enough is the
 project's call, made here, for the scripts in this folder (``bench_fixture.py``, ``bench_synthetic.py``,
-``bench_variants.py``, ``bench_rss_slope.py``, ``live_fps.py``, ``detect_overhead.py``, ``soak.py``).
+``bench_variants.py``, ``bench_rss_slope.py``, ``live_fps.py``, ``detect_overhead.py``, ``soak.py``,
+``soak_service.py``).
 
     from targets import print_targets      # scripts run from benchmarks/ have it on sys.path
     report = run_and_write(settings, out, name, command)
@@ -172,4 +173,44 @@ def format_frontier_targets(result: dict) -> str:
     for c in verdicts["student"]:
         value = "-" if c["value"] is None else f"{c['value']:+.2f}{c['unit']}"
         lines.append(f"{verdict(c['met']):6} {c['target']} (measured {value})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- service soak (soak_service.py)
+
+MB = 1024 * KB
+SOAK_RSS_DRIFT_MB = 2.0  # edge run with tracking, zones and MQTT on (1 and 4 cameras): RSS drift after warm-up, under
+
+#: Checked against a soak_service.py result: RSS of the ``edge run`` process (in ``--in-process`` mode
+#: this process, tracemalloc's own memory included), from the warm-up to the end of the loop.
+SOAK_TARGETS: tuple[Target, ...] = (
+    Target("rss_drift", f"RSS drift after warm-up under {SOAK_RSS_DRIFT_MB:g} MB (last sample minus the one at warm-up)",
+           lambda r: r["measured"]["rss"]["drift_bytes"] / MB, operator.lt, SOAK_RSS_DRIFT_MB, " MB"),
+    Target("rss_drift_robust", f"RSS drift after warm-up under {SOAK_RSS_DRIFT_MB:g} MB (robust: median of the last "
+                               "10% minus median of the first 10%)",
+           lambda r: r["measured"]["rss"]["robust_drift_bytes"] / MB, operator.lt, SOAK_RSS_DRIFT_MB, " MB"),
+    Target("rss_slope", f"RSS slope under {RSS_SLOPE_BYTES_PER_FRAME:g} B/frame",
+           lambda r: r["measured"]["rss"]["slope_bytes_per_frame"], operator.lt, RSS_SLOPE_BYTES_PER_FRAME, " B/frame"),
+    # Only --in-process results have a heap; elsewhere these are n/a.
+    Target("zero_growth", f"zero net heap growth: tracemalloc trend under {GROWTH_BYTES_PER_FRAME:g} B/frame",
+           lambda r: r["measured"]["heap"]["trend_bytes_per_frame"], operator.lt, GROWTH_BYTES_PER_FRAME, " B/frame"),
+    Target("zero_net_growth", f"zero net heap growth: robust net (median of the last 10% minus the first 10% "
+                              f"after warm-up) / frames under {GROWTH_BYTES_PER_FRAME:g} B/frame",
+           lambda r: r["measured"]["heap"]["robust_net_growth_bytes_per_frame"], operator.lt, GROWTH_BYTES_PER_FRAME,
+           " B/frame"),
+)
+
+
+def soak_verdicts(result: dict) -> list[dict]:
+    return evaluate(result, SOAK_TARGETS)
+
+
+def format_soak_targets(result: dict) -> str:
+    checked = soak_verdicts(result)
+    applicable = [c for c in checked if c["met"] is not None]
+    lines = [f"targets for {result.get('title', 'soak_service')}: {sum(c['met'] for c in applicable)}/"
+             f"{len(applicable)} met"]
+    for c in checked:
+        value = "-" if c["value"] is None else f"{c['value']:+.3g}{c['unit']}"
+        lines.append(f"  {verdict(c['met']):6} {c['target']} (measured {value})")
     return "\n".join(lines)
