@@ -204,7 +204,9 @@ def test_video_disk_filling_up_stops_with_a_playable_file(cli, small_fs, tmp_pat
                       rf"to close the file\); kept {re.escape(str(video))} \((\d+) frames\)", stderr)
     assert found, stderr
     free_mb, need_mb, kept = float(found.group(1)), float(found.group(2)), int(found.group(3))
-    assert free_mb <= 8.0 and need_mb >= 32.0
+    # tmpfs allocates the filler page by page, so the run may catch the disk part-way down to its 8 MB: what
+    # matters is that it stopped on seeing less free than the reserve, and kept the reserve to close the file.
+    assert free_mb < need_mb and need_mb >= 32.0
     assert f"wrote {video} ({kept} frames)" in stderr
     assert 9 <= kept <= lines_when_full + 15, "stopped within one check (15 frames or 0.5 s)"
     assert _playable_frames(video) == kept, "the file plays every frame it reports"
