@@ -146,20 +146,29 @@ def test_ring_memory_is_the_stated_bound_and_frames_allocate_nothing(tmp_path):
 def test_retention_by_age_and_bytes_and_dead_parts_at_start(tmp_path):
     now = time.time()
     for i, age in enumerate([4000, 3000, 2000, 100]):
-        path = tmp_path / f"cam-{i}.mp4"
+        path = tmp_path / f"cam-20261201-1010{i:02d}-{i}.mp4"
         path.write_bytes(b"x" * 1000)
         os.utime(path, (now - age, now - age))
     other = tmp_path / "holiday.mp4"  # not ours: never touched
     other.write_bytes(b"y")
     os.utime(other, (now - 10**6, now - 10**6))
-    dead = tmp_path / ".cam-9.mp4.abc123.part.mp4"
+    neighbour = tmp_path / "cam-2-20261201-101000-7.mp4"  # camera "cam-2"'s clip, though it starts with "cam-"
+    neighbour.write_bytes(b"w" * 5000)
+    os.utime(neighbour, (now - 10**5, now - 10**5))
+    neighbours_part = tmp_path / ".cam-2-20261201-101000-8.mp4.abc123.part.mp4"
+    neighbours_part.write_bytes(b"w")
+    os.utime(neighbours_part, (now - 10**4, now - 10**4))
+    dead = tmp_path / ".cam-20261201-101009-9.mp4.abc123.part.mp4"
     dead.write_bytes(b"z")
     os.utime(dead, (now - 10**4, now - 10**4))
-    fresh = tmp_path / ".cam-10.mp4.def456.part.mp4"  # a writer may still be on it
+    fresh = tmp_path / ".cam-20261201-101010-10.mp4.def456.part.mp4"  # a writer may still be on it
     fresh.write_bytes(b"z")
     sink = ClipSink(tmp_path, prefix="cam", max_age=3500, max_bytes=2500)
-    assert sorted(p.name for p in sink.removed) == ["cam-0.mp4", "cam-1.mp4"]  # age, then bytes (oldest first)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "cam-2.mp4", "cam-3.mp4", "holiday.mp4"]
+    # age, then bytes (oldest first); the other camera's files count for neither
+    assert sorted(p.name for p in sink.removed) == ["cam-20261201-101000-0.mp4", "cam-20261201-101001-1.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fresh.name, neighbours_part.name, neighbour.name, "cam-20261201-101002-2.mp4", "cam-20261201-101003-3.mp4",
+         "holiday.mp4"])
     with pytest.raises(EdgeError, match="post-roll"):
         ClipSink(tmp_path, post_roll=-1)
 

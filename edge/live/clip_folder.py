@@ -1,12 +1,15 @@
 """The folder :class:`~edge.live.clips.ClipSink` writes into, as far as one prefix's clips go: their
 file names, the free space left, retention (the oldest clips removed first) and the temporary
-``.part`` files a killed run left behind. Only files named ``PREFIX-*SUFFIX`` (and their hidden
-``.PREFIX-*.part`` temporaries) are ever looked at or removed.
+``.part`` files a killed run left behind. Only files named as this prefix names its clips
+(``PREFIX-YYYYmmdd-HHMMSS-SEQ[-N]SUFFIX``, and their hidden ``.NAME.*.partSUFFIX`` temporaries) are
+ever looked at or removed: a prefix is a camera's name, and camera ``door``'s retention must never
+take camera ``door-2``'s clips.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,6 +20,9 @@ class ClipFolder:
 
     def __init__(self, folder: Path, prefix: str, suffix: str) -> None:
         self.folder, self.prefix, self.suffix = folder, prefix, suffix
+        clip = rf"{re.escape(prefix)}-\d{{8}}-\d{{6}}-\d+(?:-\d+)?{re.escape(suffix)}"
+        self._clip_name = re.compile(rf"^{clip}$")
+        self._part_name = re.compile(rf"^\.{clip}\..+\.part{re.escape(suffix)}$")
 
     def free(self) -> int | None:
         """Bytes free for an unprivileged writer, or None when the file system does not say."""
@@ -44,7 +50,7 @@ class ClipFolder:
             return found
         for entry in entries:
             name = entry.name
-            if name.startswith(f"{self.prefix}-") and name.endswith(self.suffix):
+            if self._clip_name.match(name):
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
@@ -91,7 +97,7 @@ class ClipFolder:
             return
         for entry in entries:
             name = entry.name
-            if name.startswith(f".{self.prefix}-") and ".part" in name and name.endswith(self.suffix):
+            if self._part_name.match(name):
                 try:
                     if entry.stat(follow_symlinks=False).st_mtime < before:
                         os.unlink(entry.path)
