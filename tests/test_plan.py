@@ -155,6 +155,26 @@ def test_breakdown_adds_up(cameras, sinks, threads):
     assert more.steady > p.steady
 
 
+def test_each_further_detector_is_another_interpreter_and_no_thread_switch_with_several_cameras(monkeypatch, capsys):
+    one = predict(DEMO_MODEL, Setup(640, 480, 4, "auto", cores=2))
+    two = predict(DEMO_MODEL, Setup(640, 480, 4, "auto", cores=2, detectors=2))
+    interpreter = sum(c.bytes for c in one.components if c.group == "interpreter")
+    interpreter += int(load_baseline()["coefficients"]["camera_fixed_bytes"])  # its thread, as a camera's
+    further = next(c for c in two.components if c.name == "each further detector")
+    assert further.bytes == interpreter and two.steady == one.steady + interpreter
+    # edge run --config fixes its threads (no tuner): no second interpreter while switching
+    def thread_switch(p):
+        return "thread switch" in p.peak_when or any("thread switch" in note for note in p.notes)
+
+    assert not thread_switch(one) and not thread_switch(two)
+    assert thread_switch(predict(DEMO_MODEL, Setup(640, 480, 1, "auto", cores=2)))
+    assert _run_cli(["plan", str(DEMO_MODEL), "--cameras", "2", "--detectors", "3"], monkeypatch) == 2
+    assert "--detectors 3: more than the 2 cameras" in capsys.readouterr().err
+    assert _run_cli(["plan", str(DEMO_MODEL), "--cameras", "2", "--detectors", "2"], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "2 cameras, 2 detectors" in out and "each further detector" in out
+
+
 def test_non_detector_gets_the_interpreter_part(tmp_path, monkeypatch, capsys):
     model = _tiny_model(tmp_path / "adder.tflite")
     p = predict(model, Setup())

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", type=source_size, default=(640, 480), metavar="WxH",
                         help="frame size of each camera (default 640x480)")
     parser.add_argument("--cameras", type=positive_int, default=1, metavar="N", help="cameras on one interpreter (default 1)")
+    parser.add_argument("--detectors", type=positive_int, default=1, metavar="K",
+                        help="copies of the model sharing the cameras, as edge run --config --detectors K "
+                             "(default 1; predicted, not measured by --measure)")
     parser.add_argument("--threads", type=threads_or_auto, default="auto", metavar="N|auto",
                         help="interpreter threads as edge run takes them (default auto: the tuner briefly holds a "
                              "second interpreter)")
@@ -86,7 +89,9 @@ def _mib(n: int) -> str:
 def _describe_setup(setup, cores: int) -> str:
     threads = f"threads auto ({cores} usable core{'s' if cores != 1 else ''})" if setup.threads == "auto" else \
         f"{setup.threads} thread{'s' if setup.threads != 1 else ''}"
-    return (f"{setup.width}x{setup.height}, {setup.cameras} camera{'s' if setup.cameras != 1 else ''}, {threads}, "
+    detectors = f", {setup.detectors} detectors" if setup.detectors > 1 else ""
+    return (f"{setup.width}x{setup.height}, {setup.cameras} camera{'s' if setup.cameras != 1 else ''}{detectors}, "
+            f"{threads}, "
             f"sinks {', '.join(setup.sinks) or 'none'}")
 
 
@@ -201,14 +206,23 @@ def main(args: argparse.Namespace) -> int:
     baseline = load_baseline(args.baseline) if args.baseline else load_baseline()
     width, height = args.source
     cores = usable_cores()
-    setup = Setup(width, height, args.cameras, args.threads, tuple(args.sinks), cores=cores)
+    if args.detectors > args.cameras:
+        raise EdgeError(f"--detectors {args.detectors}: more than the {args.cameras} camera"
+                        f"{'s' if args.cameras != 1 else ''} of --cameras (a camera's frames go through one detector "
+                        "at a time)")
+    if args.detectors > 1 and args.measure:
+        raise EdgeError("--measure runs one detector: drop --detectors to check a prediction (an extra "
+                        "detector's RSS is measured by benchmarks/detectors_throughput.py)")
+    setup = Setup(width, height, args.cameras, args.threads, tuple(args.sinks), cores=cores,
+                  detectors=args.detectors)
     from edge.plan.graph import read_graph
 
     graphs = [(model, read_graph(model)) for model in args.models]  # every file checked before any output
     predictions = [predict(model, setup, baseline, graph=graph) for model, graph in graphs]
     mismatch = baseline_mismatch(baseline)
     text = args.json != "-"
-    report: dict = {"setup": {"source": f"{width}x{height}", "cameras": args.cameras, "threads": args.threads,
+    report: dict = {"setup": {"source": f"{width}x{height}", "cameras": args.cameras, "detectors": args.detectors,
+                              "threads": args.threads,
                               "sinks": list(args.sinks), "usable_cores": cores},
                     "baseline": {"versions": baseline.get("versions"), "machine": baseline.get("machine"),
                                  "warning": mismatch},

@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help='several cameras sharing the model: {"cameras": [{"name": "door", "source": "rtsp://...", '
                              '"zones": "door.json"}, ...]} (.json, or .yaml with PyYAML); fair, latest frame wins')
+    parser.add_argument("--detectors", type=positive_int, default=1, metavar="K",
+                        help="with --config: K copies of the model, each on its own thread, taking the cameras' "
+                             "frames from one fair scheduler (a camera's frames through one at a time, in order); "
+                             "with --threads auto each gets usable cores / K interpreter threads (default 1)")
     parser.add_argument("--clips", type=Path, metavar="DIR",
                         help="write a clip around each enter/cross event into DIR (needs --zones or --config zones)")
     parser.add_argument("--pre-roll", type=nonnegative_float, default=5.0, metavar="S",
@@ -201,10 +205,17 @@ def _event_stage(args: argparse.Namespace, detector, high_score: float):
 
 
 def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high_score: float) -> int:
-    """``--config``: every camera of the file through one detector (fixed threads: the tuner measures
-    one source's frames, and here they are shared)."""
+    """``--config``: every camera of the file through one detector, or ``--detectors K`` (fixed
+    threads: the tuner measures one source's frames, and here they are shared)."""
+    from edge.commands._args import detector_from_args
     from edge.live.cameras_config import build_cameras, close_cameras
     from edge.live.multiloop import MultiLoop
+
+    detectors = [detector] + [detector_from_args(args, threads=detector.runtime_info.num_threads)
+                              for _ in range(args.detectors - 1)]
+    if len(detectors) > 1:
+        threads = detector.runtime_info.num_threads
+        _log(f"detectors: {len(detectors)}, {threads} interpreter thread{'s' if threads != 1 else ''} each")
 
     cameras, shared = build_cameras(specs, detector, json_target=args.json, clips=args.clips,
                                     clip_options={"pre_roll": args.pre_roll, "post_roll": args.post_roll},
@@ -225,7 +236,7 @@ def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high
             notify.append(SystemdNotifySink())
         if args.metrics:  # a camera label per camera (a handle each); invoke times, RSS, running loop-wide
             notify.append(_metrics_sink(args, mqtt, cameras))
-        loop = MultiLoop(detector, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
+        loop = MultiLoop(detectors, cameras, sinks=notify, max_frames=args.max_frames, duration=args.duration,
                          stats_every=args.stats_every, log=_log)
     except BaseException:
         for sink in notify:
@@ -257,6 +268,7 @@ def main(args: argparse.Namespace) -> int:
     from edge.live.loop import LiveLoop
     from edge.live.preview import parse_bind
     from edge.live.sources import open_source_waiting
+    from edge.provenance import usable_cores
 
     if (args.token is not None or args.token_file is not None) and not args.preview:
         raise EdgeError("--token and --token-file are for the preview page: add --preview [HOST:]PORT")
@@ -267,6 +279,9 @@ def main(args: argparse.Namespace) -> int:
                                 ("--camera", args.camera != "camera")) if v]
         if given:
             raise EdgeError(f"--config names each camera, its source and zones: drop {', '.join(given)}")
+    elif args.detectors > 1:
+        raise EdgeError("--detectors shares the cameras of --config FILE among several copies of the model: "
+                        "add --config, or drop --detectors (one source runs one detector)")
     elif args.clips is not None and args.zones is None:
         raise EdgeError("--clips writes a clip per zone or line event: add --zones FILE")
     if args.metrics_token_file is not None and not args.metrics:
@@ -295,11 +310,17 @@ def main(args: argparse.Namespace) -> int:
         from edge.live.cameras_config import load_cameras_config
 
         specs = load_cameras_config(args.config)
+        if args.detectors > len(specs):
+            raise EdgeError(f"--detectors {args.detectors}: more than the {len(specs)} camera"
+                            f"{'s' if len(specs) != 1 else ''} of --config {args.config} (a camera's frames go "
+                            "through one detector at a time)")
         if args.mqtt:
             from edge.events.mqtt_cameras import check_camera_topics
 
             check_camera_topics([spec.name for spec in specs], f"--config {args.config}")
     candidates = thread_candidates() if args.threads == THREADS_AUTO else None
+    if candidates and args.detectors > 1:  # the cores shared out among the detectors, not tuned
+        candidates = [max(1, usable_cores() // args.detectors)]
     tracking = args.track or args.zones is not None or bool(specs and any(s.zones for s in specs))
     high_score = args.score
     if tracking:  # the detector runs at the tracker's low threshold; the sinks see --score and tracked rows

@@ -129,6 +129,53 @@ class CameraSink(Sink):
         return self.inner.report()
 
 
+class SerializedSink(Sink):
+    """A sink that several detector threads reach, called under ``lock`` (one lock per sink: a
+    :class:`CameraSink`'s tag and call happen together, so no line is written under another camera's
+    name). A :class:`~edge.live.multiloop.MultiLoop` with several detectors wraps every sink that
+    more than one camera's frames go to; the loop still starts, closes and reports the sink itself."""
+
+    def __init__(self, sink: Sink, lock: threading.Lock) -> None:
+        self.sink = sink
+        self.lock = lock
+        self.needs_annotation = sink.needs_annotation
+
+    def wants_frame(self) -> bool:
+        with self.lock:
+            return self.sink.wants_frame()
+
+    def write(self, frame, detections, annotated) -> None:
+        with self.lock:
+            self.sink.write(frame, detections, annotated)
+
+    def skipped(self, frame) -> None:
+        with self.lock:
+            self.sink.skipped(frame)
+
+    def events(self, frame, events) -> None:
+        with self.lock:
+            self.sink.events(frame, events)
+
+
+def serialize_shared_sinks(cameras: list["Camera"]) -> None:
+    """Wrap each sink that more than one of ``cameras`` sends frames to (a loop-wide sink, or a
+    :class:`CameraSink` on a shared one) in a :class:`SerializedSink`, one lock per shared sink."""
+    reach: dict[int, int] = {}
+    for camera in cameras:
+        for target in {id(getattr(sink, "inner", sink)) for sink in camera._all_sinks}:
+            reach[target] = reach.get(target, 0) + 1
+    locks: dict[int, threading.Lock] = {}
+    for camera in cameras:
+        wrapped = []
+        for sink in camera._all_sinks:
+            target = id(getattr(sink, "inner", sink))
+            if reach[target] > 1:
+                sink = SerializedSink(sink, locks.setdefault(target, threading.Lock()))
+            wrapped.append(sink)
+        camera._all_sinks = wrapped
+        camera._annotating = [s for s in wrapped if s.needs_annotation]
+
+
 class Camera:
     """One camera of a :class:`~edge.live.multiloop.MultiLoop`: a name, a source and what is done with its frames.
 

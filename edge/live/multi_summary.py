@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from edge.memory import samples_slope
+from edge.memory import peak_rss_bytes, rss_bytes, samples_slope
 
 WARMUP_FRAMES = 200  # RSS drift is measured after this many frames (all cameras together)
 
@@ -50,6 +50,7 @@ class MultiSummary:
     rss_peak: int = 0
     rss_samples: list[tuple[int, int]] = field(default_factory=list)  # (frames processed, RSS bytes)
     stop_reason: str = ""
+    detector_frames: list[int] = field(default_factory=list)  # frames each detector processed
 
     def camera(self, name: str) -> CameraSummary:
         for cam in self.cameras:
@@ -69,8 +70,10 @@ class MultiSummary:
 
     def format(self) -> str:
         mb = 2**20
+        detectors = (f"; {len(self.detector_frames)} detectors: "
+                     + ", ".join(f"{n} frames" for n in self.detector_frames)) if len(self.detector_frames) > 1 else ""
         lines = [f"cameras: {len(self.cameras)}, {self.frames_processed} frames in {self.elapsed_s:.1f} s, "
-                 f"{self.fps:.1f} fps ({self.stop_reason})",
+                 f"{self.fps:.1f} fps ({self.stop_reason}){detectors}",
                  "  camera           state    fps  share  processed  dropped  errors  stalls  reconnects"]
         for c in self.cameras:
             lines.append(f"  {c.name:<16} {c.state:<7} {c.fps:5.1f} {c.share * 100:5.1f}% {c.frames_processed:10d} "
@@ -81,3 +84,31 @@ class MultiSummary:
                      f"peak {self.rss_peak / mb:.1f} MB; per camera preallocated "
                      + ", ".join(f"{c.name} {c.preallocated_bytes / mb:.2f} MB" for c in self.cameras))
         return "\n".join(lines)
+
+
+def summarize(loop, elapsed: float) -> MultiSummary:
+    """The :class:`MultiSummary` of a finished :class:`~edge.live.multiloop.MultiLoop` that ran ``elapsed`` seconds."""
+    cameras = []
+    total = max(1, loop.processed)
+    labels = loop._labels
+    for camera in loop.cameras:
+        c = camera.counters
+        by_label: dict[str, int] = {}
+        for i, count in enumerate(camera._label_counts):
+            if count:
+                name = labels[i] if i < len(labels) else "other"
+                by_label[name] = by_label.get(name, 0) + int(count)
+        error = camera.capture.error
+        cameras.append(CameraSummary(
+            name=camera.name, source=camera.source.spec, state=camera.state,
+            frames_read=c.frames_read, frames_processed=camera.processed, frames_dropped=c.frames_dropped,
+            bad_frames=c.bad_frames, read_errors=c.read_errors, reconnects=c.reconnects, stalls=c.stalls,
+            fps=camera.processed / elapsed if elapsed > 0 else 0.0, share=camera.processed / total,
+            detections=camera.detections_total, detections_by_label=by_label,
+            preallocated_bytes=camera.preallocated_bytes, stages=camera.times.summary(),
+            error=str(error) if error is not None else None))
+    return MultiSummary(
+        cameras=cameras, frames_processed=loop.processed, elapsed_s=elapsed,
+        fps=loop.processed / elapsed if elapsed > 0 else 0.0, rss_start=loop.rss_start, rss_end=rss_bytes(),
+        rss_peak=peak_rss_bytes(), rss_samples=[(int(f), int(r)) for f, r in zip(loop.rss.frames, loop.rss.rss)],
+        stop_reason=loop._stop_reason or "stopped", detector_frames=list(loop.detector_frames))

@@ -1,10 +1,18 @@
-"""Several cameras in one process sharing one detector: a fair, latest-frame-wins scheduler.
+"""Several cameras in one process sharing one detector (or a few): a fair, latest-frame-wins scheduler.
 
-:class:`MultiLoop` runs the one detector on one frame at a time over its
+:class:`MultiLoop` runs the detector on one frame at a time over its
 :class:`~edge.live.cameras.Camera` s (each with its own source, capture thread, ring and sinks)::
 
     cameras = [Camera("door", open_source("rtsp://door/stream")), Camera("yard", open_source("1"))]
     summary = MultiLoop(Detector(model), cameras, duration=60).run()
+
+Given several detectors (``MultiLoop([Detector(model, num_threads=1) for _ in range(2)], cameras)``,
+``edge run --config --detectors 2``), each runs on its own thread (the first on the caller's) and
+takes turns from the same scheduler: a camera's frames go through one detector at a time, in order,
+so its tracker, zones and sinks see them as with one detector; different cameras' frames go through
+the detectors at once. Sinks shared by several cameras (one JSON lines file) and the loop-wide ones
+are called under a lock each (:class:`~edge.live.cameras.SerializedSink`); a camera's own sinks
+need none, since only the detector thread serving that camera calls them.
 
 The scheduler
 -------------
@@ -36,13 +44,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from edge.detector.stages import StageTimes
 from edge.detector.step import Frame, run_frame
 from edge.errors import BadFrameError, EdgeError
-from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera
-from edge.live.multi_summary import CameraSummary, MultiSummary
+from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera, serialize_shared_sinks
+from edge.live.multi_summary import MultiSummary, summarize
 from edge.live.sinks import Sink, SinkError
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes
 from edge.signals import finish_frame_on_stop_signals
@@ -50,10 +58,12 @@ from edge.signals import finish_frame_on_stop_signals
 STOP_TIMEOUT = 2.0  # seconds, all cameras together, for capture threads to return at the end
 IDLE_WAIT = 0.05  # seconds the scheduler sleeps when no camera has a frame (a publish wakes it at once)
 RSS_SAMPLE_CAPACITY = 4096
+WORKER_JOIN_TIMEOUT = 30.0  # seconds for the other detectors to finish their frame at the end
 
 
 class MultiLoop:
-    """Runs one ``detector`` over the newest frames of several ``cameras``, fairly (see the module).
+    """Runs ``detector`` (one, or a sequence of detectors of one model) over the newest frames of
+    several ``cameras``, fairly (see the module).
 
     ``sinks`` are loop-wide: they get every camera's frames (a systemd notifier, say); each
     camera's own sinks get only its frames. ``max_frames`` counts frames of all cameras together.
@@ -65,7 +75,10 @@ class MultiLoop:
                  max_frames: int | None = None, duration: float | None = None, stats_every: float = 5.0,
                  rss_every: int = 100, log: Callable[[str], None] | None = None, overlay: bool = True,
                  idle_wait: float = IDLE_WAIT) -> None:
-        self.detector = detector
+        self.detectors = list(detector) if isinstance(detector, Sequence) else [detector]
+        if not self.detectors:
+            raise EdgeError("no detector: give at least one")
+        self.detector = self.detectors[0]
         self.cameras = list(cameras)
         if not self.cameras:
             raise EdgeError("no cameras: give at least one")
@@ -73,6 +86,14 @@ class MultiLoop:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise EdgeError(f"camera names must be unique: {', '.join(duplicates)} given twice")
+        if len(self.detectors) > len(self.cameras):
+            raise EdgeError(f"{len(self.detectors)} detectors for {len(self.cameras)} camera"
+                            f"{'s' if len(self.cameras) != 1 else ''}: a camera's frames go through one detector "
+                            f"at a time, so more detectors than cameras would only wait")
+        shapes = {tuple(d.input_size) for d in self.detectors}
+        if len(shapes) > 1:
+            raise EdgeError(f"the detectors take different inputs ({', '.join(map(str, sorted(shapes)))}): "
+                            "give detectors of one model")
         self.sinks = list(sinks)
         self.max_frames = max_frames
         self.duration = duration
@@ -83,10 +104,17 @@ class MultiLoop:
         self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
         self._wake = threading.Event()
         for camera in self.cameras:
-            camera._attach(detector, self._log, self._wake, self.sinks)
+            camera._attach(self.detector, self._log, self._wake, self.sinks)
+        if len(self.detectors) > 1:
+            serialize_shared_sinks(self.cameras)
         self._order = list(self.cameras)  # least recently served first
+        self._busy: set[int] = set()  # ids of the cameras a detector is on now
+        self._in_flight = 0  # frames claimed and not yet done
+        self._lock = threading.Lock()  # the scheduler's state, the loop's counters and stage times
+        self.detector_frames = [0] * len(self.detectors)  # frames each detector processed
+        self._worker_error: BaseException | None = None
         self.rss = RssSampler(RSS_SAMPLE_CAPACITY * max(1, rss_every), max(1, rss_every), ring=True)
-        self._labels = list(detector.labels)
+        self._labels = list(self.detector.labels)
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
         self.processed = 0
@@ -96,7 +124,7 @@ class MultiLoop:
         self._started = 0.0
         self._running = False
         self._clock = time.perf_counter
-        self._t_prev = self._last_stats = self._fps_t0 = self._run_t0 = 0.0
+        self._last_stats = self._fps_t0 = self._run_t0 = 0.0
         self._fps_n0 = 0
         self.sink_error: SinkError | None = None
 
@@ -120,7 +148,8 @@ class MultiLoop:
             camera.presize()
             first = first or camera.source.frame_shape
         if first:
-            self.detector.buffer.presize(first)
+            for detector in self.detectors:
+                detector.buffer.presize(first)
 
     # ---- live numbers -------------------------------------------------------------------------
 
@@ -140,6 +169,7 @@ class MultiLoop:
             "fps": round(self.fps_recent, 2),
             "cameras": len(self.cameras),
             "cameras_up": self.cameras_up(),
+            "detectors": len(self.detectors),
             "invoke_ms_p50": round(invoke["p50"] * 1e3, 2),
             "rss_mb": round(rss_bytes() / 2**20, 1),
             "rss_start_mb": round(self.rss_start / 2**20, 1),
@@ -152,23 +182,64 @@ class MultiLoop:
 
     def run(self) -> MultiSummary:
         self._begin()
+        workers = [threading.Thread(target=self._serve_guarded, args=(index,), name=f"edge-detector-{index}",
+                                    daemon=True) for index in range(1, len(self.detectors))]
         try:
-            while not self._should_stop():
-                camera, frame = self._next_frame()
-                if frame is None:
-                    self._idle()
-                    continue
-                try:
-                    processed = self._handle(camera, frame)
-                finally:
-                    camera.capture.release(frame)
-                if processed:
-                    self._after_frame(camera)
-                self._t_prev = self._clock()
+            for worker in workers:
+                worker.start()
+            self._serve(0)  # on the caller's thread: a stop signal finishes its frame
         finally:
+            self.stop(self._stop_reason or "stopped")
+            self._join(workers)
             elapsed = self._clock() - self._run_t0  # the run, not the stopping of captures and sinks
             self._finish()
-        return self._summary(elapsed)
+        if self._worker_error is not None:
+            raise self._worker_error
+        return summarize(self, elapsed)
+
+    def _serve(self, index: int) -> None:
+        """Detector ``index`` takes turns until the loop stops."""
+        detector = self.detectors[index]
+        waited_since = self._clock()
+        while True:
+            with self._lock:
+                if self._should_stop():
+                    return
+                camera, frame = self._claim()
+            if frame is None:
+                self._wake.wait(self.idle_wait)
+                with self._lock:
+                    self._idle()
+                continue
+            processed = False
+            try:
+                processed = self._handle(detector, camera, frame, waited_since)
+            finally:
+                camera.capture.release(frame)
+                with self._lock:
+                    self._busy.discard(id(camera))
+                    self._in_flight -= 1
+                    if processed:
+                        self.detector_frames[index] += 1
+                        self._after_frame(camera)
+                self._wake.set()  # the camera is free again: another detector may take its next frame
+            waited_since = self._clock()
+
+    def _serve_guarded(self, index: int) -> None:
+        """:meth:`_serve` on a thread of its own: what it raises stops the loop and is raised by :meth:`run`."""
+        try:
+            self._serve(index)
+        except BaseException as exc:
+            if self._worker_error is None:
+                self._worker_error = exc
+            self.stop("detector error")
+
+    def _join(self, workers: list[threading.Thread]) -> None:
+        deadline = time.monotonic() + WORKER_JOIN_TIMEOUT
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._log(f"{worker.name} is still on its frame after {WORKER_JOIN_TIMEOUT:g} s; closing anyway")
 
     def _lifecycle(self) -> list[tuple[Sink, Callable[[], dict]]]:
         """Every distinct sink once (a shared one behind :class:`~edge.live.cameras.CameraSink`
@@ -196,28 +267,33 @@ class MultiLoop:
         self.rss_start = rss_bytes()
         self._started = time.monotonic()
         self._running = True
-        self._run_t0 = self._t_prev = self._last_stats = self._fps_t0 = self._clock()
+        self._run_t0 = self._last_stats = self._fps_t0 = self._clock()
         for camera in self.cameras:
             camera.capture.start()
 
     def _should_stop(self) -> bool:
         if self._stop_event.is_set():
             return True
-        if self.max_frames is not None and self.processed >= self.max_frames:
+        if self.max_frames is not None and self.processed + self._in_flight >= self.max_frames:
             self.stop("max-frames")
         elif self.duration is not None and self._clock() - self._run_t0 >= self.duration:
             self.stop("duration")
         return self._stop_event.is_set()
 
-    def _next_frame(self) -> tuple[Camera | None, Frame | None]:
-        """The newest frame of the least recently served camera that has one; else wait a little."""
-        self._wake.clear()  # before polling: a frame published after a poll sets it again
-        order = self._order
+    def _claim(self) -> tuple[Camera | None, Frame | None]:
+        """The newest frame of the least recently served camera that has one and no detector on it
+        (under the lock), or ``(None, None)``: then wait a little."""
+        self._wake.clear()  # before polling: a frame published (or a camera freed) after a poll sets it again
+        order, busy = self._order, self._busy
         ended = None
         for i, camera in enumerate(order):
+            if id(camera) in busy:
+                continue
             frame = camera.capture.poll()
             if frame is not None:
                 order.append(order.pop(i))
+                busy.add(id(camera))
+                self._in_flight += 1
                 return camera, frame
             if camera.capture.ended:
                 ended = ended or []
@@ -225,8 +301,7 @@ class MultiLoop:
         if ended:
             for camera in ended:
                 self._retire(camera)
-            return None, None
-        self._wake.wait(self.idle_wait)
+            self._wake.set()  # poll again at once: the others may have frames
         return None, None
 
     def _retire(self, camera: Camera) -> None:
@@ -248,8 +323,8 @@ class MultiLoop:
             self._last_stats = now
             self._log(self._stats_line(waiting=True))
 
-    def _handle(self, camera: Camera, frame: Frame) -> bool:
-        """One frame of ``camera`` through the detector and its sinks; False when it was not processed."""
+    def _handle(self, detector, camera: Camera, frame: Frame, waited_since: float) -> bool:
+        """One frame of ``camera`` through ``detector`` and its sinks; False when it was not processed."""
         sinks = camera._all_sinks
         if frame.error is not None:  # an input the source skipped (already counted and logged)
             try:
@@ -259,7 +334,7 @@ class MultiLoop:
                 self._sink_failed(exc)
             return False
         try:
-            detections = run_frame(self.detector, frame, camera.times, self._t_prev)
+            detections = run_frame(detector, frame, camera.times, waited_since)
         except BadFrameError as exc:
             camera.counters.add("bad_frames")
             camera._bad_logged += 1
@@ -267,7 +342,8 @@ class MultiLoop:
                 self._log(f"camera {camera.name}: frame {frame.seq}: skipped ({exc}); "
                           f"{camera.counters.bad_frames} bad so far")
             return False
-        self.invoke_times.record("invoke", camera.times.last("invoke"))
+        with self._lock:
+            self.invoke_times.record("invoke", camera.times.last("invoke"))
         events = ()
         if camera.events is not None:
             t = self._clock()
@@ -294,7 +370,8 @@ class MultiLoop:
         return True
 
     def _sink_failed(self, exc: SinkError) -> None:
-        self.sink_error = exc
+        if self.sink_error is None:
+            self.sink_error = exc
         self._log(str(exc))
         self.stop("sink error")
 
@@ -367,28 +444,3 @@ class MultiLoop:
         return (f"{self.processed} frames, {self.fps_recent:.1f} fps, {self.cameras_up()}/{len(self.cameras)} "
                 f"cameras up: {'; '.join(parts)}; invoke p50 {invoke['p50'] * 1e3:.1f} ms, "
                 f"RSS {rss_bytes() / 2**20:.1f} MB{wait}")
-
-    def _summary(self, elapsed: float) -> MultiSummary:
-        cameras = []
-        total = max(1, self.processed)
-        for camera in self.cameras:
-            c = camera.counters
-            by_label = {}
-            for i, count in enumerate(camera._label_counts):
-                if count:
-                    name = self._labels[i] if i < len(self._labels) else "other"
-                    by_label[name] = by_label.get(name, 0) + int(count)
-            error = camera.capture.error
-            cameras.append(CameraSummary(
-                name=camera.name, source=camera.source.spec, state=camera.state,
-                frames_read=c.frames_read, frames_processed=camera.processed, frames_dropped=c.frames_dropped,
-                bad_frames=c.bad_frames, read_errors=c.read_errors, reconnects=c.reconnects, stalls=c.stalls,
-                fps=camera.processed / elapsed if elapsed > 0 else 0.0, share=camera.processed / total,
-                detections=camera.detections_total, detections_by_label=by_label,
-                preallocated_bytes=camera.preallocated_bytes, stages=camera.times.summary(),
-                error=str(error) if error is not None else None))
-        return MultiSummary(
-            cameras=cameras, frames_processed=self.processed, elapsed_s=elapsed,
-            fps=self.processed / elapsed if elapsed > 0 else 0.0, rss_start=self.rss_start, rss_end=rss_bytes(),
-            rss_peak=peak_rss_bytes(), rss_samples=[(int(f), int(r)) for f, r in zip(self.rss.frames, self.rss.rss)],
-            stop_reason=self._stop_reason or "stopped")

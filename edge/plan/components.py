@@ -64,6 +64,7 @@ class Setup:
     sinks: tuple[str, ...] = ()
     live: bool = False  # a camera or stream (3 ring frames) rather than synthetic/files (2)
     cores: int = 0  # usable cores on the board (0: this machine's), for --threads auto
+    detectors: int = 1  # copies of the model sharing the cameras (edge run --config --detectors K)
 
     @property
     def pixels(self) -> int:

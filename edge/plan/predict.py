@@ -89,6 +89,13 @@ def predict(model: str | Path, setup: Setup, baseline: dict | None = None, *, gr
     ]
     interpreter = interpreter_parts(graph, plan, co)
     components += interpreter
+    if setup.detectors > 1:  # each a second interpreter of the same file, as the tuner's (the file mapped again)
+        further = setup.detectors - 1
+        one = sum(c.bytes for c in interpreter) + int(co["camera_fixed_bytes"])
+        components.append(Component("each further detector", further * one, "interpreter",
+                                    f"{further} x {one / 2**20:.1f} MiB: another interpreter of the model "
+                                    "(its own mapping, arena, packed weights) and a thread with its allocator "
+                                    "arena, as a camera's"))
     if graph.subgraphs > 1:
         notes.append(f"{graph.subgraphs} subgraphs: only subgraph 0 is planned")
     if plan.dynamic:
@@ -124,7 +131,8 @@ def predict(model: str | Path, setup: Setup, baseline: dict | None = None, *, gr
     candidates = {"steady state": steady, "synthetic source build": before_loops}
     notes_by_phase = {"synthetic source build": f"float64 bands of {setup.width}x{setup.height} noise while the last "
                                                 "source is built, above the steady state"}
-    if setup.threads == THREADS_AUTO and (setup.cores or _usable_cores()) > 1:
+    # edge run tunes threads for one source only (with --config they are fixed: all cores, or cores / K)
+    if setup.threads == THREADS_AUTO and setup.cameras == 1 and (setup.cores or _usable_cores()) > 1:
         second = sum(c.bytes for c in interpreter)
         candidates["thread switch (--threads auto)"] = steady + second
         notes_by_phase["thread switch (--threads auto)"] = (
