@@ -1,7 +1,8 @@
 """The three pipelines ``edge bench`` compares, each behind ``frame(times) -> bool`` (False: no frame came).
 
 - :class:`OursLoop`: edgekit's pipeline as ``edge run`` runs it: the capture thread reads and resizes
-  into its ring (:class:`~edge.live.capture.Capture`), and the frame goes through
+  into its ring (:class:`~edge.live.capture.Capture`; on one usable core a source that is not live
+  is read on the loop's thread, :mod:`edge.live.inline_capture`, as ``edge run`` does), and the frame goes through
   :func:`~edge.detector.step.run_frame`, the step ``edge run``'s loop uses, then the sinks;
 - :class:`BaselineLoop`: the usual pipeline (:mod:`edge.bench.baseline`) reading the same source
   synchronously on the one thread, through the same :func:`~edge.detector.step.run_frame`;
@@ -42,12 +43,13 @@ class OursLoop:
     """Capture thread + :class:`~edge.detector.detector.Detector`, buffers sized before the first frame
     where the source knows its frame size, as in ``edge run``."""
 
-    def __init__(self, detector, source: Source, sinks: Sequence[Sink] = ()) -> None:
-        from edge.live.capture import Capture
+    def __init__(self, detector, source: Source, sinks: Sequence[Sink] = (), capture: str = "auto") -> None:
+        from edge.live.inline_capture import choose_capture
 
         self.detector = detector
         self.sinks = list(sinks)
-        self.capture = Capture(source, prepare=detector.buffer.resize)
+        capture_class, self.capture_how = choose_capture(source, capture)
+        self.capture = capture_class(source, prepare=detector.buffer.resize)
         if source.frame_shape:
             self.capture.presize(source.frame_shape)
             detector.buffer.presize(source.frame_shape)

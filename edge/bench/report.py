@@ -111,6 +111,8 @@ def threads_text(r: dict) -> str:
         text += f" (not tuned, {rt['threads_not_tuned']})"
     if rt.get("bare_threads"):
         text += f"; bare invoke() {rt['bare_threads']} thread(s)"
+    if rt.get("capture"):
+        text += f"; ours reads {rt['capture']}"
     return text
 
 

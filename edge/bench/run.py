@@ -256,7 +256,7 @@ def measure(detector, baselines: dict[int, object], bare_backend, candidates: li
     pipelines: list[tuple[PipelineRun, object]] = [(new_run("bare", settings, ("invoke",)), bare)]
     tuning = None
     try:
-        ours_loop = OursLoop(detector, open_source(settings.source, loop=True))
+        ours_loop = OursLoop(detector, open_source(settings.source, loop=True), capture=settings.capture)
         pipelines.append((new_run(OURS, settings), ours_loop))
         tuning = tune_threads(detector, ours_loop, candidates, progress)
         for threads, baseline in baselines.items():
@@ -276,7 +276,7 @@ def measure(detector, baselines: dict[int, object], bare_backend, candidates: li
     finally:
         for _, loop in pipelines:
             loop.close()
-    result = {"bare": runs["bare"][0], OURS: runs[OURS][0]}
+    result = {"bare": runs["bare"][0], OURS: runs[OURS][0], "capture": runs[OURS][1].capture_how}
     if best is not None:
         result[BASELINE] = best[0]
         result["baseline_by_threads"] = {name.split("@")[1]: round(run.fps, 3)
@@ -307,11 +307,12 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
         if baseline is not None:
             baselines[threads] = baseline
     runs, tuning = measure(detector, baselines, bare_backend, candidates, settings, progress)
+    capture_how = runs.pop("capture")
     info = detector.backend.info
     result: dict = {"model": str(model), "model_name": model.name,
                     "runtime": {"name": info.name, "version": info.version, "threads": info.num_threads,
                                 "bare_threads": bare_backend.info.num_threads, "note": info.note,
-                                "threads_auto": tuning, "device": info.device, "fallback": info.fallback,
+                                "threads_auto": tuning, "capture": capture_how, "device": info.device, "fallback": info.fallback,
                                 "warnings": list(info.warnings), "threads_not_tuned": untuned},
                     "interpreter_memory": load_memory, "head": detector.head, "input_size": list(detector.input_size)}
     if skipped:

@@ -21,6 +21,7 @@ class BenchSettings:
     warmup: int = 50
     mem_frames: int | None = None  # traced frames (tracemalloc on)
     threads: int | str | None = "auto"  # "auto": ours measures its thread count end to end (edge run's default)
+    capture: str = "auto"  # where ours reads: auto (edge run's rule), thread or inline
     runtime: str | None = None
     score_threshold: float = 0.5
     rss_every: int = 10
@@ -37,7 +38,7 @@ class BenchSettings:
         from edge.commands._args import onnx_options_from_args
 
         return cls(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
-                   mem_frames=args.mem_frames, threads=args.threads, runtime=args.runtime,
+                   mem_frames=args.mem_frames, threads=args.threads, capture=args.capture, runtime=args.runtime,
                    score_threshold=args.score, rss_every=args.rss_every, traced_warmup=args.traced_warmup,
                    rounds=args.rounds, baseline=not args.no_baseline, labels=args.labels,
                    backend_options=onnx_options_from_args(args, list(args.models)))

@@ -63,6 +63,11 @@ def unit_interval(text: str) -> float:
     return value
 
 
+#: Where frames are read (edge.live.inline_capture.CAPTURE_MODES; here so that building the parser
+#: imports nothing heavy).
+CAPTURE_CHOICES = ["auto", "thread", "inline"]
+
+
 def max_threads() -> int:
     return MAX_THREADS_PER_CORE * usable_cores()
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from edge.backends import TFLITE_RUNTIMES
-from edge.commands._args import THREADS_AUTO, add_onnx_args, threads_or_auto, unit_interval
+from edge.commands._args import CAPTURE_CHOICES, THREADS_AUTO, add_onnx_args, threads_or_auto, unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interpreter threads; auto (default): ours measures all cores against one left for "
                              "capture and keeps the faster end to end, as edge run does, the baseline runs at "
                              "each and its best is compared, bare invoke() uses all cores")
+    parser.add_argument("--capture", choices=CAPTURE_CHOICES, default="auto",
+                        help="where ours reads frames, as edge run --capture: auto (default: on the loop's thread "
+                             "for a source that is not live on one usable core, else a thread of its own), thread, "
+                             "inline")
     parser.add_argument("--runtime", choices=list(TFLITE_RUNTIMES),
                         help="force the TFLite runtime of the .tflite models (ours, bare invoke() and the usual "
                              "pipeline alike); .onnx models run on ONNX Runtime (see --providers)")

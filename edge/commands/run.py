@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.commands._args import (add_model_args, model_from_args, nonnegative_float, positive_float, positive_int,
-                                 unit_interval)
+from edge.commands._args import (CAPTURE_CHOICES, add_model_args, model_from_args, nonnegative_float, positive_float,
+                                 positive_int, unit_interval)
 from edge.errors import EdgeError
 from edge.live.sources import DEFAULT_STALL_TIMEOUT
 
@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="restart files and folders at their end")
     parser.add_argument("--realtime", action="store_true",
                         help="read files at their fps and drop frames the detector cannot keep up with")
+    parser.add_argument("--capture", choices=CAPTURE_CHOICES, default="auto",
+                        help="where frames are read: auto (default) on a thread of its own, beside invoke(), "
+                             "except for a source that is not live (file, folder, synthetic) on one usable core, "
+                             "which is read on the loop's thread (no second core to overlap with); thread; inline "
+                             "(not for live sources)")
     parser.add_argument("--stall-timeout", type=positive_float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                         help=f"reopen a source that gives no frame for S seconds (default {DEFAULT_STALL_TIMEOUT:g})")
     parser.add_argument("--wait-for-source", type=nonnegative_float, default=0.0, metavar="S",
@@ -276,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--video-segment is for the video file: add --video PATH")
     if args.config is not None:
         given = [o for o, v in (("--source", args.source != "synthetic"), ("--zones", args.zones), ("--video", args.video),
-                                ("--camera", args.camera != "camera")) if v]
+                                ("--camera", args.camera != "camera"), ("--capture", args.capture != "auto")) if v]
         if given:
             raise EdgeError(f"--config names each camera, its source and zones: drop {', '.join(given)}")
     elif args.detectors > 1:
@@ -349,7 +354,9 @@ def main(args: argparse.Namespace) -> int:
         raise
 
     loop = LiveLoop(detector, source, sinks, max_frames=args.max_frames, duration=args.duration,
-                    stats_every=args.stats_every, log=_log, thread_candidates=candidates, events=events)
+                    stats_every=args.stats_every, log=_log, thread_candidates=candidates, events=events,
+                    capture=args.capture)
+    _log(f"capture: {loop.capture_how}")
     restore = loop.install_signal_handlers()
     try:
         summary = loop.run()

@@ -6,7 +6,8 @@ Usable without the CLI::
     summary = loop.run()
 
 Capture overlaps with inference (:mod:`edge.live.capture` reads and resizes the next frame on its own
-thread while ``invoke()`` runs). Each frame goes through :func:`~edge.detector.step.run_frame`, the
+thread while ``invoke()`` runs), except where there is nothing to overlap with: a source that is not
+live on one usable core is read on the loop's thread (:mod:`edge.live.inline_capture`). Each frame goes through :func:`~edge.detector.step.run_frame`, the
 step ``edge bench`` measures too. Per frame the loop allocates nothing frame-sized: the capture ring,
 the input tensor, the detections and the annotated copy are all reused, and sized before the first
 frame where the source knows its frame size. :meth:`LiveLoop.stop` (and SIGINT / SIGTERM / SIGHUP,
@@ -29,7 +30,7 @@ from edge.detector.step import Frame, run_frame
 from edge.detector.threads import ThreadTuner
 from edge.errors import BadFrameError
 from edge.live.annotate import Annotator
-from edge.live.capture import Capture
+from edge.live.inline_capture import CAPTURE_AUTO, choose_capture
 from edge.live.sinks import Sink, SinkError
 from edge.live.sources import Source
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, samples_slope
@@ -120,7 +121,7 @@ class LiveLoop:
     def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
                  duration: float | None = None, stats_every: float = 5.0, rss_every: int = 100,
                  log: Callable[[str], None] | None = None, overlay: bool = True,
-                 thread_candidates: list[int] | None = None, events=None) -> None:
+                 thread_candidates: list[int] | None = None, events=None, capture: str = CAPTURE_AUTO) -> None:
         self.detector = detector
         self.source = source
         self.sinks = list(sinks)
@@ -130,8 +131,9 @@ class LiveLoop:
         self.rss_every = rss_every
         self.overlay = overlay
         self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
-        # The capture thread also resizes each frame for the model, while the frame is in its cache.
-        self.capture = Capture(source, log=self._log, prepare=detector.buffer.resize)
+        # The capture also resizes each frame for the model, while the frame is in its core's cache.
+        capture_class, self.capture_how = choose_capture(source, capture)
+        self.capture = capture_class(source, log=self._log, prepare=detector.buffer.resize)
         self.counters = self.capture.counters
         self.events = events
         self.times = StageTimes(STAGES + (("events",) if events is not None else ()))

@@ -67,6 +67,12 @@ class Setup:
     detectors: int = 1  # copies of the model sharing the cameras (edge run --config --detectors K)
 
     @property
+    def reads_inline(self) -> bool:
+        """``edge run --capture auto`` reads a lone source that is not live on the loop's thread on one
+        usable core (:func:`edge.live.inline_capture.choose_capture`): no ring, one resize buffer."""
+        return self.cameras == 1 and not self.live and (self.cores or _usable_cores()) == 1
+
+    @property
     def pixels(self) -> int:
         return self.width * self.height
 
@@ -242,14 +248,22 @@ def camera_parts(facts: dict, setup: Setup, coefficients: dict) -> list[Componen
     parts = [Component("synthetic source (background + frame)", 2 * frame, "camera",
                        f"2 x {setup.width}x{setup.height}x3; a camera or file source holds its decoder's frames instead",
                        per_camera=True)]
-    ring_frames = LIVE_RING_FRAMES if setup.live else LOSSLESS_RING_FRAMES
-    parts.append(Component("capture ring frames", ring_frames * frame, "camera",
-                           f"{RING_SLOTS} slots allocated, {ring_frames} reached by a "
-                           f"{'live' if setup.live else 'lossless'} source", per_camera=True))
+    inline = setup.reads_inline
+    if inline:
+        parts.append(Component("capture ring frames", 0, "camera",
+                               "none: read on the loop's thread (one usable core), the frame is the source's own",
+                               per_camera=True))
+    else:
+        ring_frames = LIVE_RING_FRAMES if setup.live else LOSSLESS_RING_FRAMES
+        parts.append(Component("capture ring frames", ring_frames * frame, "camera",
+                               f"{RING_SLOTS} slots allocated, {ring_frames} reached by a "
+                               f"{'live' if setup.live else 'lossless'} source", per_camera=True))
     if facts.get("detector"):
         fh, fw = resize_fit(facts, setup.width, setup.height)
-        parts.append(Component("capture ring resize buffers", RING_SLOTS * fh * fw * 3, "camera",
-                               f"{RING_SLOTS} x {fw}x{fh}x3, written when the ring is presized", per_camera=True))
+        slots = 1 if inline else RING_SLOTS
+        parts.append(Component("capture ring resize buffers", slots * fh * fw * 3, "camera",
+                               f"{slots} x {fw}x{fh}x3, written when " +
+                               ("the capture is presized" if inline else "the ring is presized"), per_camera=True))
         staging = facts["input_height"] * facts["input_width"] * 3 if facts.get("encoding") == "affine" else 0
         parts.append(Component("FrameBuffer staging", staging, "camera",
                                "uint8 RGB before the affine encoding" if staging else
@@ -284,3 +298,9 @@ def sink_parts(setup: Setup, coefficients: dict) -> list[Component]:
                                f"+ {c['camera_fixed'] / 2**20:.1f} MiB per camera (threads, codec state) "
                                f"+ {(c['first_fixed'] - c['camera_fixed']) / 2**20:.1f} MiB once (code, measured)"))
     return parts
+
+
+def _usable_cores() -> int:
+    from edge.provenance import usable_cores
+
+    return usable_cores()
