@@ -176,6 +176,26 @@ def serialize_shared_sinks(cameras: list["Camera"]) -> None:
         camera._annotating = [s for s in wrapped if s.needs_annotation]
 
 
+def distinct_sinks(cameras: list["Camera"], loop_sinks: list[Sink],
+                   loop_stats: Callable[[], dict]) -> list[tuple[Sink, Callable[[], dict]]]:
+    """Every distinct sink of ``cameras`` and ``loop_sinks`` once (a shared one behind
+    :class:`CameraSink` wrappers too), with the stats it is started with: its camera's for a
+    camera's own sink, ``loop_stats`` otherwise."""
+    seen, out = set(), []
+    for camera in cameras:
+        for sink in camera.sinks:
+            target = getattr(sink, "inner", sink)
+            if id(target) not in seen:
+                seen.add(id(target))
+                out.append((target, loop_stats if target is not sink else camera.stats))
+    for sink in loop_sinks:
+        target = getattr(sink, "inner", sink)
+        if id(target) not in seen:
+            seen.add(id(target))
+            out.append((target, loop_stats))
+    return out
+
+
 class Camera:
     """One camera of a :class:`~edge.live.multiloop.MultiLoop`: a name, a source and what is done with its frames.
 

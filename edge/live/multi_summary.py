@@ -1,4 +1,5 @@
-"""What a multi-camera run reports: :class:`CameraSummary` per camera, :class:`MultiSummary` in all.
+"""What a multi-camera run reports: :class:`CameraSummary` per camera, :class:`MultiSummary` in all,
+and while it runs: the loop-wide numbers for sinks (:func:`live_numbers`) and the stats line.
 
 :meth:`MultiLoop.run <edge.live.multiloop.MultiLoop.run>` returns a :class:`MultiSummary`: frames,
 rates and shares per camera, memory (RSS samples and their drift after warm-up) and the table
@@ -7,6 +8,7 @@ rates and shares per camera, memory (RSS samples and their drift after warm-up) 
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 from edge.memory import peak_rss_bytes, rss_bytes, samples_slope
@@ -112,3 +114,41 @@ def summarize(loop, elapsed: float) -> MultiSummary:
         fps=loop.processed / elapsed if elapsed > 0 else 0.0, rss_start=loop.rss_start, rss_end=rss_bytes(),
         rss_peak=peak_rss_bytes(), rss_samples=[(int(f), int(r)) for f, r in zip(loop.rss.frames, loop.rss.rss)],
         stop_reason=loop._stop_reason or "stopped", detector_frames=list(loop.detector_frames))
+
+
+def live_numbers(loop) -> dict:
+    """Loop-wide numbers of a running :class:`~edge.live.multiloop.MultiLoop`, with each camera's."""
+    invoke = loop.invoke_times.percentiles("invoke")
+    return {
+        "frames_processed": loop.processed,
+        "fps": round(loop.fps_recent, 2),
+        "cameras": len(loop.cameras),
+        "cameras_up": loop.cameras_up(),
+        "detectors": len(loop.detectors),
+        "invoke_ms_p50": round(invoke["p50"] * 1e3, 2),
+        "rss_mb": round(rss_bytes() / 2**20, 1),
+        "rss_start_mb": round(loop.rss_start / 2**20, 1),
+        "elapsed_s": round(time.monotonic() - loop._started, 1) if loop._started else 0.0,
+        "running": loop._running,
+        "per_camera": loop.stats(),
+    }
+
+
+def stats_line(loop, waiting: bool = False) -> str:
+    """The line a running :class:`~edge.live.multiloop.MultiLoop` logs every ``stats_every`` seconds."""
+    from edge.live.cameras import UP
+
+    invoke = loop.invoke_times.percentiles("invoke")
+    parts = []
+    for camera in loop.cameras:
+        c = camera.counters
+        if camera.state == UP:
+            parts.append(f"{camera.name} {camera.fps_recent:.1f} fps" +
+                         (f" ({c.frames_dropped} dropped)" if c.frames_dropped else ""))
+        else:
+            parts.append(f"{camera.name} {camera.state} ({c.read_errors} errors, {c.stalls} stalls, "
+                         f"{c.reconnects} reconnects)")
+    wait = " (waiting for frames)" if waiting else ""
+    return (f"{loop.processed} frames, {loop.fps_recent:.1f} fps, {loop.cameras_up()}/{len(loop.cameras)} "
+            f"cameras up: {'; '.join(parts)}; invoke p50 {invoke['p50'] * 1e3:.1f} ms, "
+            f"RSS {rss_bytes() / 2**20:.1f} MB{wait}")

@@ -6,13 +6,10 @@
     cameras = [Camera("door", open_source("rtsp://door/stream")), Camera("yard", open_source("1"))]
     summary = MultiLoop(Detector(model), cameras, duration=60).run()
 
-Given several detectors (``MultiLoop([Detector(model, num_threads=1) for _ in range(2)], cameras)``,
-``edge run --config --detectors 2``), each runs on its own thread (the first on the caller's) and
-takes turns from the same scheduler: a camera's frames go through one detector at a time, in order,
-so its tracker, zones and sinks see them as with one detector; different cameras' frames go through
-the detectors at once. Sinks shared by several cameras (one JSON lines file) and the loop-wide ones
-are called under a lock each (:class:`~edge.live.cameras.SerializedSink`); a camera's own sinks
-need none, since only the detector thread serving that camera calls them.
+Several detectors (``MultiLoop([Detector(model, num_threads=1) for _ in range(2)], cameras)``, as
+``edge run --config --detectors 2``) take turns on threads of their own (the first on the caller's). A camera a detector is on is skipped by the others, so a camera's frames go through one
+detector at a time and in order. Sinks several cameras reach are called under a lock each
+(:class:`~edge.live.cameras.SerializedSink`); a camera's own sinks need none.
 
 The scheduler
 -------------
@@ -34,9 +31,8 @@ together), ``duration``, :meth:`MultiLoop.stop`, or when every camera's source h
 
 What each camera holds: :mod:`edge.live.cameras`; the summary: :mod:`edge.live.multi_summary`; the
 cameras file (``edge run --config``) and the cameras it builds: :mod:`edge.live.cameras_config`.
-Outputs per camera join each camera's own sinks as handles, started with that camera's stats and
-given only its frames: MQTT (:mod:`edge.events.mqtt_cameras`), the preview page
-(:mod:`edge.live.preview_cameras`) and the metrics (:class:`~edge.live.metrics.CameraMetrics`).
+Per-camera outputs are handles in each camera's sinks, given only its frames: MQTT
+(:mod:`edge.events.mqtt_cameras`), preview (:mod:`edge.live.preview_cameras`), metrics (``CameraMetrics``).
 """
 
 from __future__ import annotations
@@ -49,10 +45,10 @@ from typing import Callable, Iterable, Sequence
 from edge.detector.stages import StageTimes
 from edge.detector.step import Frame, run_frame
 from edge.errors import BadFrameError, EdgeError
-from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera, serialize_shared_sinks
-from edge.live.multi_summary import MultiSummary, summarize
+from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera, distinct_sinks, serialize_shared_sinks
+from edge.live.multi_summary import MultiSummary, live_numbers, stats_line, summarize
 from edge.live.sinks import Sink, SinkError
-from edge.memory import RssSampler, peak_rss_bytes, rss_bytes
+from edge.memory import RssSampler, rss_bytes
 from edge.signals import finish_frame_on_stop_signals
 
 STOP_TIMEOUT = 2.0  # seconds, all cameras together, for capture threads to return at the end
@@ -163,20 +159,7 @@ class MultiLoop:
 
     def live_stats(self) -> dict:
         """Loop-wide numbers for sinks (the preview page, the systemd status line)."""
-        invoke = self.invoke_times.percentiles("invoke")
-        return {
-            "frames_processed": self.processed,
-            "fps": round(self.fps_recent, 2),
-            "cameras": len(self.cameras),
-            "cameras_up": self.cameras_up(),
-            "detectors": len(self.detectors),
-            "invoke_ms_p50": round(invoke["p50"] * 1e3, 2),
-            "rss_mb": round(rss_bytes() / 2**20, 1),
-            "rss_start_mb": round(self.rss_start / 2**20, 1),
-            "elapsed_s": round(time.monotonic() - self._started, 1) if self._started else 0.0,
-            "running": self._running,
-            "per_camera": self.stats(),
-        }
+        return live_numbers(self)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -242,23 +225,7 @@ class MultiLoop:
                 self._log(f"{worker.name} is still on its frame after {WORKER_JOIN_TIMEOUT:g} s; closing anyway")
 
     def _lifecycle(self) -> list[tuple[Sink, Callable[[], dict]]]:
-        """Every distinct sink once (a shared one behind :class:`~edge.live.cameras.CameraSink`
-        wrappers too), with the stats it is started with: its camera's for a camera's own sink, the
-        loop's otherwise."""
-        seen, out = set(), []
-        for camera in self.cameras:
-            for sink in camera.sinks:
-                target = getattr(sink, "inner", sink)
-                if id(target) not in seen:
-                    seen.add(id(target))
-                    stats = self.live_stats if target is not sink else camera.stats
-                    out.append((target, stats))
-        for sink in self.sinks:
-            target = getattr(sink, "inner", sink)
-            if id(target) not in seen:
-                seen.add(id(target))
-                out.append((target, self.live_stats))
-        return out
+        return distinct_sinks(self.cameras, self.sinks, self.live_stats)
 
     def _begin(self) -> None:
         self.presize()
@@ -430,17 +397,4 @@ class MultiLoop:
         return lines
 
     def _stats_line(self, waiting: bool = False) -> str:
-        invoke = self.invoke_times.percentiles("invoke")
-        parts = []
-        for camera in self.cameras:
-            if camera.state == UP:
-                parts.append(f"{camera.name} {camera.fps_recent:.1f} fps" +
-                             (f" ({camera.counters.frames_dropped} dropped)" if camera.counters.frames_dropped else ""))
-            else:
-                c = camera.counters
-                parts.append(f"{camera.name} {camera.state} ({c.read_errors} errors, {c.stalls} stalls, "
-                             f"{c.reconnects} reconnects)")
-        wait = " (waiting for frames)" if waiting else ""
-        return (f"{self.processed} frames, {self.fps_recent:.1f} fps, {self.cameras_up()}/{len(self.cameras)} "
-                f"cameras up: {'; '.join(parts)}; invoke p50 {invoke['p50'] * 1e3:.1f} ms, "
-                f"RSS {rss_bytes() / 2**20:.1f} MB{wait}")
+        return stats_line(self, waiting)
