@@ -296,6 +296,8 @@ def write_setup(folder: Path, args: argparse.Namespace, broker_url: str) -> tupl
                  "--zones", str(folder / cam["zones"]), "--camera", cam["name"]]
     else:
         argv += ["--config", str(folder / "cameras.json")]
+        if args.detectors > 1:
+            argv += ["--detectors", str(args.detectors)]
     argv += ["--track", "--mqtt", broker_url, "--json", str(folder / "out.jsonl"), "--threads", str(args.threads),
              "--max-frames", str(args.max_frames_total), "--duration", str(args.cap), "--stats-every", "5"]
     setup = {"cameras": cameras, "zones": {c["name"]: json.loads((folder / c["zones"]).read_text()) for c in cameras},
@@ -970,6 +972,8 @@ def main() -> int:
                         help="with several cameras: --max-frames is N x (frames + margin), a cap (default 500); "
                              "the run is stopped (SIGTERM) once every camera has its frames")
     parser.add_argument("--threads", type=int, default=1, help="edge run --threads (default 1)")
+    parser.add_argument("--detectors", type=int, default=1,
+                        help="edge run --detectors K with --config (default 1; not with --in-process)")
     parser.add_argument("--every", type=float, default=2.0, help="seconds between /proc samples (default 2)")
     parser.add_argument("--cap", type=float, default=3300.0,
                         help="edge run --duration: a safety cap in seconds (default 3300)")
@@ -1003,6 +1007,9 @@ def main() -> int:
         raise SystemExit(f"--source traffic needs {COCO_MODEL} and {TRAFFIC_VIDEO}")
     if args.cameras > 1:
         args.form = "config"
+    if args.detectors > 1 and (args.in_process or args.form != "config"):
+        raise SystemExit("--detectors runs edge run --config --detectors K: give --cameras 2 or more, without "
+                         "--in-process")
     # --max-frames counts all cameras together and the shares can differ by tens of frames under load
     # (a capture thread not ready in its turn): a cap with a margin, and a SIGTERM (in-process: a
     # loop.stop()) once every camera has its frames.
@@ -1050,7 +1057,8 @@ def main() -> int:
         "command": "benchmarks/soak_service.py " + " ".join(sys.argv[1:]),
         "edge_run_argv": ["edge", *[a.replace(str(folder), "WORK") for a in argv]],
         "form": setup["form"], "cameras": args.cameras, "frames_per_camera_target": args.frames,
-        "warmup_frames_per_camera": args.warmup, "max_frames_total": args.max_frames_total, "threads": args.threads, "source": source,
+        "warmup_frames_per_camera": args.warmup, "max_frames_total": args.max_frames_total, "threads": args.threads,
+        "detectors": args.detectors, "source": source,
         "sample_every_s": None if args.in_process else args.every,
         "setup": {"cameras": [{**c, "zones": c["zones"]} for c in setup["cameras"]], "zones": setup["zones"]},
         "measured": measured,
