@@ -80,6 +80,17 @@ def test_same_frames_and_detections_as_the_capture_thread(detector, tmp_path):
     assert sum(len(r["detections"]) for r in inline) > 0, "the frames had something to detect"
 
 
+def test_edge_stream_reads_the_same_way(detector, tmp_path):
+    import edge
+
+    video = _video(tmp_path / "v.mp4", frames=12)
+    seen = {}
+    for mode in ("inline", "thread"):
+        seen[mode] = [(frame.seq, detections.count, detections.boxes.round(1).tolist())
+                      for frame, detections in edge.stream(str(video), detector, capture=mode)]
+    assert [s for s, _, _ in seen["inline"]] == list(range(12)) and seen["inline"] == seen["thread"]
+
+
 def test_a_folder_with_a_bad_image_skips_it_in_order(detector, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
