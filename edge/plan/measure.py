@@ -202,7 +202,9 @@ def run(model: str, width: int, height: int, *, cameras: int = 1, threads: int |
                 server = PreviewServer("127.0.0.1", 0).start()
                 servers.append(server)
                 made.append(PreviewSink(server))
-            loops.append(LiveLoop(detector, source, made, max_frames=frames, stats_every=0, log=lambda m: None))
+            # edge run --config reads every camera on a thread of its own; one camera as edge run would
+            loops.append(LiveLoop(detector, source, made, max_frames=frames, stats_every=0, log=lambda m: None,
+                                  capture="auto" if cameras == 1 else "thread"))
         out["sources_done"] = rss_bytes()
         out["peak_before_loops"] = peak_rss_bytes()
         fetcher = None
