@@ -167,3 +167,30 @@ def test_resize_reuses_its_destination_and_refuses_bad_frames():
         buffer.resize(np.zeros((0, 5, 3), np.uint8))
     with pytest.raises(BadFrameError, match="does not fit"):
         buffer.write_resized(first, (60, 200, 3))
+
+
+def test_letterbox_frames_of_two_aspect_ratios_taking_turns_allocate_nothing():
+    """Two cameras of different aspect ratios through one detector (edge run --config): each fitted
+    shape gets its resize buffer once, and switching between them allocates nothing model-sized."""
+    import tracemalloc
+
+    tensor = np.zeros((1, 300, 300, 3), np.uint8)
+    buffer = FrameBuffer(lambda: tensor, tensor.shape, np.uint8, (0.0, 0), mode="letterbox")
+    wide = np.full((360, 640, 3), 90, np.uint8)
+    tall = np.full((480, 360, 3), 160, np.uint8)
+    for frame in (wide, tall):
+        buffer.write(frame)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            buffer.write(wide)
+            buffer.write(tall)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - start < 16 * 1024, f"{peak - start} B at peak: a buffer per switch (a 300x300 fit is 270 KB)"
+    assert current - start < 1024
+    buffer.write(tall)
+    assert tensor[0, 150, 150, 0] == 160  # still the frame's pixels, in the middle of the letterbox

@@ -20,6 +20,7 @@ from edge.contract.modelinfo import Normalization
 
 STRETCH = "stretch"
 LETTERBOX = "letterbox"
+RESIZED_SHAPES_KEPT = 16  # resize buffers kept, one per fitted frame shape (a camera's aspect ratio)
 
 _CV_DEPTH = {np.dtype(np.uint8): cv2.CV_8U, np.dtype(np.int8): cv2.CV_8S, np.dtype(np.float32): cv2.CV_32F}
 
@@ -106,6 +107,9 @@ class FrameBuffer:
             self._pad_value = float(int(self._pad_value) & 0xFF)  # as seen through the uint8 view
         self._frame_shape: tuple | None = None
         self._resized: np.ndarray | None = None
+        # One resize buffer per fitted shape seen, so cameras of different aspect ratios taking turns
+        # (letterbox mode) switch between buffers instead of allocating one per switch.
+        self._resized_by_shape: dict[tuple, np.ndarray] = {}
         self._color_code: int | None = None
         self._fit = (0, 0, self.height, self.width)  # y0, x0, y1, x1 of the image in the input
         self.box_transform = (0.0, 0.0, 0.0, 0.0)  # mul_x, add_x, mul_y, add_y
@@ -132,7 +136,12 @@ class FrameBuffer:
         if self._color_code is None:
             self._resized = None  # resize straight into the destination
         elif self._resized is None or self._resized.shape != resized_shape:
-            self._resized = np.empty(resized_shape, np.uint8)
+            buffer = self._resized_by_shape.get(resized_shape)
+            if buffer is None:
+                if len(self._resized_by_shape) >= RESIZED_SHAPES_KEPT:  # more sizes than cameras: drop the oldest
+                    self._resized_by_shape.pop(next(iter(self._resized_by_shape)))
+                buffer = self._resized_by_shape[resized_shape] = np.empty(resized_shape, np.uint8)
+            self._resized = buffer
         # normalised model x -> frame x: (x * W - x0) * frame_w / fit_w
         self.box_transform = (
             self.width * frame_w / fit_w, -x0 * frame_w / fit_w,

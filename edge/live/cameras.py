@@ -11,10 +11,9 @@ Memory per camera is fixed and known before the first frame when the source know
 (:attr:`Camera.preallocated_bytes`): the capture ring (``RING_SLOTS`` frames and as many resize
 buffers of the model input), the annotated copy when a sink wants one, stage-time rings, and what
 its sinks preallocate (a clip ring, say). The detector, its input tensor and its detections are
-shared. One caveat: the detector's :class:`~edge.detector.buffer.FrameBuffer` re-derives its
-geometry whenever the frame size changes from one turn to the next, which costs nothing in stretch
-mode but reallocates a model-sized colour buffer per switch in letterbox mode when the cameras'
-aspect ratios differ.
+shared. The detector's :class:`~edge.detector.buffer.FrameBuffer` re-derives its geometry
+whenever the frame size changes from one turn to the next; in letterbox mode it keeps a resize
+buffer per fitted shape (per aspect ratio, up to 16), so cameras taking turns allocate nothing.
 """
 
 from __future__ import annotations
