@@ -188,7 +188,8 @@ def test_memory_per_camera_is_preallocated_and_stays(detector):
     for camera, ids in zip(cameras, before):
         assert [id(f.image) for f in camera.capture._ring.frames] == ids, "the ring was reallocated"
         assert summary.camera(camera.name).preallocated_bytes == camera.preallocated_bytes
-        assert summary.camera(camera.name).frames_processed == 30
+        # Fair, not lock-step: a camera whose next frame is not decoded yet is passed over, never waited for.
+        assert abs(summary.camera(camera.name).frames_processed - 30) <= 3
 
 
 def test_cameras_config(tmp_path):
