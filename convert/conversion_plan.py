@@ -6,7 +6,7 @@ before any slow step. :class:`Plan` is what the later stages (:mod:`convert.conv
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +50,7 @@ class Plan:
     started: float  # perf_counter at the start of the conversion
     parity_images: list[Path] | None = None  # --format onnx: the images the parity gate runs on
     parity_source: str | None = None  # where they come from, for the report
+    saved_modules: dict = field(default_factory=dict)  # the SavedModels exported so far, by weights
 
     @property
     def quantization(self) -> str:

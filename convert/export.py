@@ -139,6 +139,18 @@ def weights_only(trackable):
     return holder
 
 
+def weights_digest(model) -> str:
+    """A digest of a Keras model's weights (values and shapes): two calls agree only while no weight changed."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in model.weights:
+        value = np.asarray(weight.numpy())
+        digest.update(f"{weight.name}{value.shape}{value.dtype}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
 def keras_network(model):
     """Adapter: a Keras SSD (config.json contract) called in inference mode."""
 

@@ -113,6 +113,27 @@ def test_pruning_halves_conv_kernels_and_pays_after_gzip(pruned_int8_model, int8
     assert pruned["map_drop"]["map50_points"] < 10.0  # BN statistics follow the pruned weights
 
 
+def test_one_savedmodel_per_set_of_weights(trained_run, tmp_path):
+    """The float reference and an int8 model of the same weights convert from one SavedModel (saving
+    traces every layer); weights that changed get a SavedModel of their own."""
+    from convert.conversion import _saved_module
+    from convert.conversion_plan import plan
+    from convert.convert_options import ConvertOptions
+    from convert.head import PostprocessOptions
+
+    run_dir, train_dir, _ = trained_run
+    built = plan(ConvertOptions(source=run_dir, output=tmp_path / "m.tflite", calib=train_dir, sparsity=0.0,
+                                postprocess=PostprocessOptions()), log=lambda _: None)
+    model = built.source.model  # loaded from the run directory for this plan alone
+    first = _saved_module(built, model, tmp_path, "float")
+    assert _saved_module(built, model, tmp_path, "output") == first
+    assert sorted(p.name for p in tmp_path.glob("*_savedmodel")) == ["float_savedmodel"]
+    kernel = next(w for w in model.weights if "kernel" in w.name)
+    kernel.assign(kernel * 0.5)
+    changed = _saved_module(built, model, tmp_path, "pruned")
+    assert changed != first and changed.name == "pruned_savedmodel"
+
+
 def test_float_export_and_detect_command_run_all_variants(int8_model, pruned_int8_model, trained_run,
                                                           tmp_path_factory, capsys):
     from edge.cli import main
