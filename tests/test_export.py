@@ -37,7 +37,7 @@ def int8_model(trained_run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pruned_int8_model(trained_run, tmp_path_factory):
-    return _convert(trained_run, tmp_path_factory, "pruned_int8", "sparsity", 0.5, "prune_steps", 120)
+    return _convert(trained_run, tmp_path_factory, "pruned_int8", "sparsity", 0.5, "prune_steps", 60)
 
 
 def test_int8_is_small_accurate_and_takes_raw_pixels(int8_model):
