@@ -8,6 +8,7 @@ each variant fine-tunes a fresh copy of that narrowed network and is scored on t
 project root:
 
     .venv/bin/python benchmarks/channel_recovery.py                    # ~12 min on 2 cores
+    .venv/bin/python benchmarks/channel_recovery.py --variant 600:4e-3:0 --out /tmp/long.json
     .venv/bin/python benchmarks/channel_recovery.py --run runs/demo --data data/shapes --val data/shapes_val
 """
 
@@ -45,12 +46,22 @@ def tiny_run(folder: Path) -> tuple[Path, Path, Path]:
     return folder / "run", folder / "train", folder / "val"
 
 
+def _variant(text: str) -> tuple[int, float, float]:
+    try:
+        steps, rate, weight = text.split(":")
+        return int(steps), float(rate), float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STEPS:LR:WEIGHT, e.g. 300:4e-3:1") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a trained run directory (default: train the tiny one)")
     parser.add_argument("--data", type=Path, help="its training data (VOC), with --run")
     parser.add_argument("--val", type=Path, help="its held-out data (VOC), with --run")
     parser.add_argument("--remove", type=float, default=0.5, help="fraction of the prunable channels removed")
+    parser.add_argument("--variant", action="append", type=_variant, metavar="STEPS:LR:WEIGHT",
+                        help="run only these fine-tunings (repeatable), e.g. 600:4e-3:0; default: the table's")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -91,7 +102,7 @@ def main() -> int:
                 {"variant": "narrowed, no fine-tuning", "map50": map50(narrowed),
                  "params_ratio": round(channels.count_params(narrowed) / channels.count_params(model), 3)}]
         print(f"dense {dense_map}; narrowed at R {args.remove}, no fine-tuning {rows[1]['map50']}", flush=True)
-        for steps, rate, weight in VARIANTS:
+        for steps, rate, weight in args.variant or VARIANTS:
             network = channels.narrow_model(model, groups, kept, importance)
             teacher = Teacher(model, config, config) if weight else None
             tuner = make_fine_tuner(config, train_set, 8, learning_rate=rate, warmup_steps=None, seed=2,

@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-target", type=float, default=None, metavar="F",
                         help="remove channels until the int8 network's invoke time is at most F x the dense "
                              "model's, measured on this machine's interpreter")
-    parser.add_argument("--channel-steps", type=int, default=300,
-                        help="fine-tuning steps after channel pruning (default 300)")
+    from convert.convert_options import DEFAULT_CHANNEL_STEPS
+
+    parser.add_argument("--channel-steps", type=int, default=DEFAULT_CHANNEL_STEPS,
+                        help=f"fine-tuning steps after channel pruning (default {DEFAULT_CHANNEL_STEPS})")
     parser.add_argument("--channel-lr", type=float, default=None, metavar="LR",
                         help="peak learning rate of that fine-tuning (default: the rate the run was trained at, "
                              "from its config.json; 2e-3 for sources without one)")
