@@ -164,7 +164,10 @@ def _cases():
         (["run", "{tiny}", "--calib", "{image_dir}"], ["--calib", "add --trt-int8"]),
         (["run", "{tiny}", "--trt-int8", "--calib", "{image_dir}/nowhere"], ["no such folder"]),
         (["run", "{tiny}", "--providers", "cpu", "--trt-fp16"], ["--trt-fp16", "leaves TensorRT out"]),
-        (["bench", "{tiny}", "--runtime", "onnxruntime"], ["--runtime", "invalid choice", "litert"]),
+        (["bench", demo, "--backend", "onnxruntime", "--frames", "4"],
+         ["--runtime onnxruntime", "demo_ssd_int8.tflite is a TFLite model"]),
+        (["detect", demo, "{image}", "--backend", "onnxruntime"], ["--runtime onnxruntime", "not an .onnx model"]),
+        (["bench", "{tiny}", "--backend", "tflite"], ["--runtime/--backend", "invalid choice", "litert"]),
         (["bench", "{tiny}", "--runtime", "litert", "--frames", "4"],
          ["--runtime litert", "every MODEL here is .onnx"]),
         (["bench", demo, "--providers", "cpu", "--frames", "4"], ["--providers", "TFLite"]),
@@ -225,6 +228,14 @@ def test_detect_warns_on_stderr_and_keeps_stdout_for_results(tiny, image, capsys
     out, err = capsys.readouterr()
     assert "2 detection(s)" in out and "warning" not in out
     assert err.count("warning:") == 1 and "falling back to cpu" in err
+
+
+def test_backend_names_the_engine_as_runtime_does(tiny, image, capsys):
+    assert main(["detect", str(tiny), str(image), "--backend", "onnxruntime", "--providers", "cpu"]) == 0
+    by_backend = capsys.readouterr().out
+    assert main(["detect", str(tiny), str(image), "--runtime", "onnxruntime", "--providers", "cpu"]) == 0
+    assert "2 detection(s)" in by_backend and capsys.readouterr().out == by_backend
+    assert detector_for([str(tiny), str(image), "--backend", "onnxruntime"]).backend.info.name == "onnxruntime"
 
 
 # ---- thread tuning on a GPU ------------------------------------------------------------------------------------

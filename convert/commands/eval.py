@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="label file, one per line (default: the model's own labels)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     parser.add_argument("--threads", type=thread_count, help="interpreter threads (default: all cores)")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime (default: the first found)")
+    parser.add_argument("--runtime", "--backend", dest="runtime", choices=list(RUNTIMES), metavar="NAME",
+                        help=f"force a runtime: {', '.join(RUNTIMES)} (default: the first found)")
 
 
 def format_result(model: Path, dataset_name: str, result) -> str:

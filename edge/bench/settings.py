@@ -57,9 +57,14 @@ class BenchSettings:
         for model in self.models:
             if not Path(model).is_file():
                 raise EdgeError(f"{model}: no such model file")
-        from edge.backends import is_onnx
+        from edge.backends import ONNX_RUNTIMES, is_onnx
 
-        if self.runtime is not None and all(is_onnx(m) for m in self.models):
+        if self.runtime in ONNX_RUNTIMES:
+            tflite = [m for m in self.models if not is_onnx(m)]
+            if tflite:
+                raise EdgeError(f"--runtime {self.runtime}: {Path(tflite[0]).name} is a TFLite model; ONNX Runtime "
+                                "runs .onnx models (leave --runtime out to bench both kinds side by side)")
+        elif self.runtime is not None and all(is_onnx(m) for m in self.models):
             raise EdgeError(f"--runtime {self.runtime}: picks the TFLite runtime of .tflite models, and every MODEL "
                             "here is .onnx (ONNX Runtime runs those; choose its providers with --providers)")
         minimum = {"frames": 2, "warmup": 0, "mem_frames": 1, "rss_every": 1, "traced_warmup": 0, "rounds": 1,

@@ -171,7 +171,9 @@ def add_model_args(parser: argparse.ArgumentParser, *, positional: bool = True, 
                                                    "catalogue name such as coco-ssd (pulled "
                                                    "on first use; see edge models); default: the bundled demo model")
     parser.add_argument("--labels", type=Path, help="labels file, one per line (default: the model's own labels)")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime (default: the first found)")
+    parser.add_argument("--runtime", "--backend", dest="runtime", choices=list(RUNTIMES), metavar="NAME",
+                        help=f"force the engine behind the Backend: {', '.join(RUNTIMES)} (default: the first "
+                             "found for .tflite models; .onnx models run on onnxruntime)")
     if auto_threads:
         parser.add_argument("--threads", type=threads_or_auto, default=THREADS_AUTO, metavar="N|auto",
                             help="interpreter threads; auto (default) measures all cores against one left for "

@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where ours reads frames, as edge run --capture: auto (default: on the loop's thread "
                              "for a source that is not live on one usable core, else a thread of its own), thread, "
                              "inline")
-    parser.add_argument("--runtime", choices=list(TFLITE_RUNTIMES),
-                        help="force the TFLite runtime of the .tflite models (ours, bare invoke() and the usual "
-                             "pipeline alike); .onnx models run on ONNX Runtime (see --providers)")
+    parser.add_argument("--runtime", "--backend", dest="runtime", choices=list(TFLITE_RUNTIMES) + ["onnxruntime"],
+                        metavar="NAME", help=f"{', '.join(TFLITE_RUNTIMES)}: force the TFLite runtime of the .tflite models (ours, bare invoke() and the usual "
+                             "pipeline alike); .onnx models run on ONNX Runtime (see --providers), and onnxruntime "
+                             "here asks that every MODEL be one")
     parser.add_argument("--labels", type=Path, help="labels file (only names the classes; not needed to bench)")
     parser.add_argument("--score", type=unit_interval, default=0.5, metavar="S", help="score threshold (default: 0.5)")
     parser.add_argument("--rss-every", type=int, default=10, help="sample RSS every N frames (default: 10)")

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("model", type=Path, help="model file (.tflite, or .onnx for ONNX Runtime)")
     parser.add_argument("--labels", type=Path, help="labels file to show with the model")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="force a runtime")
+    parser.add_argument("--runtime", "--backend", dest="runtime", choices=list(RUNTIMES), metavar="NAME",
+                        help=f"force a runtime: {', '.join(RUNTIMES)}")
     parser.add_argument("--threads", type=thread_count, default=None, help="interpreter threads (default: all cores)")
     parser.add_argument("--json", metavar="PATH|-", help="write the report as JSON to PATH or stdout (-) instead of text")
     add_onnx_args(parser)
