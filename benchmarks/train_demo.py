@@ -4,7 +4,11 @@ Runs the two CLI commands below as child processes, exactly as a user would, the
 history.json: time per training step, the trainer's peak RSS (getrusage of the children) and the
 final validation mAP on held-out synthetic images. Writes benchmarks/results/train_demo.json.
 
-    python benchmarks/train_demo.py --run-dir /work/demo_run --data-dir /tmp/demo_data
+    python benchmarks/train_demo.py --run-dir /work/demo_run --data-dir /tmp/demo_data \
+        --backgrounds ../shared/fixtures/images --bundle edge/models/demo_run
+
+``--bundle DIR`` also writes the run as the project ships it beside the demo model: config, history and
+the model's variables without the optimizer's (convert/checkpoints.py: write_model_only_run).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--backgrounds", default=None, help="photos to paste shapes on (optional)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_demo.json"))
+    ap.add_argument("--bundle", default=None, help="also write the run, model variables only, into this new folder")
     args = ap.parse_args()
 
     edge = [sys.executable, "-m", "edge.cli"]
@@ -87,6 +92,10 @@ def main() -> int:
     print(f"{steps:>8} {per_step:>8.3f} {peak_rss_mb:>12.1f} {result['final_val_map50']:>12.3f} "
           f"{result['final_val_map']:>8.3f}")
     print(f"wrote {args.out}")
+    if args.bundle:
+        from convert.checkpoints import write_model_only_run
+
+        print(f"wrote {write_model_only_run(args.run_dir, args.bundle)} (model variables only)")
     return 0
 
 

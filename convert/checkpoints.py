@@ -115,3 +115,37 @@ def load_trained_model(run_dir):
     except (tf.errors.OpError, IndexError, OSError) as exc:  # truncated/garbled files: IndexError from the reader
         raise EdgeError(f"{latest}: unreadable checkpoint ({first_line(exc)})") from None
     return model, config
+
+
+def write_model_only_run(run_dir, out_dir) -> Path:
+    """A copy of ``run_dir`` that converts exactly as it does and cannot be resumed: its config.json and
+    history.json, and the latest checkpoint's model variables without the optimizer's moments (a third of
+    the size; the bundled demo's float source is one). ``out_dir`` appears whole or not at all."""
+    import os
+    import shutil
+    import tempfile
+
+    tf = import_tensorflow()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists():
+        raise EdgeError(f"{out_dir}: already exists (choose a new folder)")
+    model, _ = load_trained_model(run_dir)
+    number = latest_checkpoint(run_dir).rsplit("-", 1)[1]
+    steps = int(number) if number.isdigit() else 0
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the folder's
+    try:
+        for name in (CONFIG_NAME, "history.json"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, staging / name)
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(staging / CHECKPOINT_DIR),
+                                             max_to_keep=1)
+        manager.save(checkpoint_number=steps)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -202,6 +202,29 @@ def test_load_trained_model_refuses_missing_mismatched_or_corrupt_checkpoints(tr
 
 
 @pytest.mark.slow
+def test_model_only_copy_converts_like_the_run_at_a_fraction_of_its_size(trained, tmp_path):
+    from convert.checkpoints import latest_checkpoint, load_trained_model, write_model_only_run
+
+    run_dir = trained["run_dir"]
+    copy = write_model_only_run(run_dir, tmp_path / "slim")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        name for name in ("config.json", "history.json", CHECKPOINT_DIR) if (run_dir / name).exists())
+    assert latest_checkpoint(copy).endswith(f"ckpt-{EPOCHS * STEPS}")
+    ours, theirs = load_trained_model(copy)[0], load_trained_model(run_dir)[0]
+    assert len(ours.weights) == len(theirs.weights)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(ours.weights, theirs.weights))
+
+    def checkpoint_bytes(folder):
+        prefix = Path(latest_checkpoint(folder))
+        return sum(f.stat().st_size for f in prefix.parent.glob(prefix.name + ".*"))
+
+    assert checkpoint_bytes(copy) < 0.4 * checkpoint_bytes(run_dir)  # Adam keeps two moments per weight
+    with pytest.raises(EdgeError, match="already exists"):
+        write_model_only_run(run_dir, copy)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_a_run_without_resume(trained):
     from convert.data import load_dataset
     from convert.train import train
