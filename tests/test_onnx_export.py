@@ -142,6 +142,50 @@ def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, ca
     assert image.name in capsys.readouterr().out
 
 
+def _detections_by_image(out_dir):
+    found = {}
+    for det in json.loads((out_dir / "detections.json").read_text()):
+        x, y, w, h = det["bbox"]
+        found.setdefault(det["file_name"], []).append((det["label"], det["score"], (x, y, x + w, y + h)))
+    return found
+
+
+def test_demo_model_onnx_matches_its_float_run_and_the_shipped_int8(tmp_path_factory, capsys):
+    """The bundled demo's own run (edge/models/demo_run, the source of the shipped int8 model) exported to
+    ONNX: the parity gate passes on held-out shapes, and ``edge detect --backend onnxruntime`` finds what
+    the shipped int8 demo finds on LiteRT."""
+    from convert.conversion import ConvertOptions, convert
+    from edge.cli import main
+    from edge.models import DEMO_MODEL, DEMO_RUN
+
+    if not (DEMO_RUN / "config.json").is_file():
+        pytest.skip(f"{DEMO_RUN} is not here (a source checkout holds the demo's float run)")
+    work = tmp_path_factory.mktemp("demo_onnx")
+    val = work / "val"  # plain backgrounds: deterministic without ../shared
+    assert main(["data", "synth", "--out", str(val), "--n", "40", "--size", "320", "--seed", "7"]) == 0
+    out = work / "demo.onnx"
+    report = convert(ConvertOptions(source=DEMO_RUN, output=out, val=val, sparsity=0.0, latency_runs=5,
+                                    format="onnx"), log=lambda _: None)
+    parity = report["parity"]
+    print(f"demo parity: {json.dumps(parity)}")
+    assert parity["passed"], parity
+    assert parity["detections"] >= 40 and parity["matched"] == parity["detections"]
+    assert parity["min_iou"] >= 0.95 and parity["max_score_diff"] <= 0.02
+    assert parity["map50_tflite"] > 0.8 and abs(parity["map50_points"]) <= 0.5
+
+    images = val / "JPEGImages"
+    assert main(["detect", str(out), str(images), "--backend", "onnxruntime", "--out", str(work / "onnx")]) == 0
+    assert main(["detect", str(DEMO_MODEL), str(images), "--out", str(work / "int8")]) == 0
+    assert "runtime onnxruntime" in capsys.readouterr().out
+    onnx, int8 = _detections_by_image(work / "onnx"), _detections_by_image(work / "int8")
+    pairs = [(label, box, onnx.get(name, [])) for name, dets in int8.items() for label, _, box in dets]
+    assert len(pairs) >= 40
+    matched = [any(lab == label and _iou(box, other) >= 0.8 for lab, _, other in found) for label, box, found in pairs]
+    print(f"shipped int8 vs demo ONNX: {sum(matched)}/{len(pairs)} int8 detections matched at IoU >= 0.8, "
+          f"{sum(len(v) for v in onnx.values())} ONNX detections")
+    assert sum(matched) >= 0.95 * len(pairs)
+
+
 def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):
     """The trained network saved the way export_tflite_graph_tf2.py does (empty post-process function)."""
     import tensorflow as tf

@@ -233,7 +233,11 @@ def _plan_json(argv: list[str], tmp_path: Path, monkeypatch) -> dict:
 
 def test_demo_report_map_is_read():
     p = predict(DEMO_MODEL, Setup(threads=2))
-    assert p.report and abs(p.report["map"] - 0.8244) < 1e-3
+    written = json.loads(DEMO_MODEL.with_name(DEMO_MODEL.stem + ".report.json").read_text())
+    int8 = written["models"]["int8-ptq"]["eval"]
+    assert p.report and p.report["variant"] == "int8-ptq"
+    assert p.report["map"] == pytest.approx(int8["map"]) and p.report["map50"] == pytest.approx(int8["map50"])
+    assert 0 < p.report["map"] < p.report["map50"] <= 1
 
 
 # ---- bad input ----------------------------------------------------------------------------------
