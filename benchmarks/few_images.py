@@ -52,6 +52,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--freeze-backbone-epochs", type=int, default=1, help="for the pretrained run")
+    ap.add_argument("--scratch-width", type=float, default=1.0,
+                    help="width of the from-scratch run (the export's backbone is 1.0; 0.35 is edge train's default)")
+    ap.add_argument("--runs", default="none,odapi_export", help="which runs, comma-separated: none, odapi_export")
+    ap.add_argument("--report-epochs", default="5,10,20",
+                    help="epochs whose validation mAP the summary line shows (every epoch is in the JSON)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_images.json"))
     args = ap.parse_args()
 
@@ -67,13 +72,18 @@ def main() -> int:
         for cmd in synth:
             run(cmd)
     common = ["train", "--data", str(train_dir), "--val-data", str(val_dir), "--input-size", size,
-              "--width", "1.0", "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+              "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--quiet", "--workers", "1"]
     runs = {
-        "none": ["--backbone-weights", "none"],
-        "odapi_export": ["--backbone-weights", args.export,
+        "none": ["--width", str(args.scratch_width), "--backbone-weights", "none"],
+        "odapi_export": ["--width", "1.0", "--backbone-weights", args.export,
                          "--freeze-backbone-epochs", str(args.freeze_backbone_epochs)],
     }
+    chosen = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in runs]
+    if unknown or not chosen:
+        ap.error(f"--runs {args.runs}: choose from {', '.join(runs)}")
+    runs = {name: runs[name] for name in chosen}
     results = {}
     commands = []
     for name, extra in runs.items():
@@ -87,6 +97,7 @@ def main() -> int:
         seconds = run(cmd)
         history = json.loads((run_dir / "history.json").read_text())["epochs"]
         results[name] = {
+            "width": float(extra[1]),
             "val_map50_per_epoch": [round(e.get("val_map50", 0.0), 4) for e in history],
             "val_map_per_epoch": [round(e.get("val_map", 0.0), 4) for e in history],
             "backbone_per_epoch": [e.get("backbone") for e in history],
@@ -97,16 +108,18 @@ def main() -> int:
         "commands": [shlex.join(c).replace(sys.executable, "python") for c in synth + commands],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "train_images": args.train_images, "val_images": args.val_images, "input_size": args.input_size,
-        "width": 1.0, "batch_size": args.batch_size, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "images_seen": args.epochs * args.steps_per_epoch * args.batch_size,
         "runs": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
-    print(f"{'backbone':>14} {'mAP@0.5 per epoch':<40} {'final':>6} {'seconds':>8}")
+    shown = [int(e) for e in args.report_epochs.split(",") if e.strip() and 0 < int(e) <= args.epochs]
+    print(f"{'backbone':>14} {'width':>6} " + " ".join(f"{'ep ' + str(e):>7}" for e in shown) + f" {'seconds':>8}")
     for name, r in results.items():
-        print(f"{name:>14} {' '.join(f'{v:.3f}' for v in r['val_map50_per_epoch']):<40} "
-              f"{r['final_val_map50']:>6.3f} {r['train_seconds']:>8.0f}")
+        per_epoch = r["val_map50_per_epoch"]
+        print(f"{name:>14} {r['width']:>6} " + " ".join(f"{per_epoch[e - 1]:>7.3f}" for e in shown)
+              + f" {r['train_seconds']:>8.0f}")
     print(f"wrote {args.out}")
     return 0
 
