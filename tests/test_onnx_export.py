@@ -185,6 +185,11 @@ def test_demo_model_onnx_matches_its_float_run_and_the_shipped_int8(tmp_path_fac
           f"{sum(len(v) for v in onnx.values())} ONNX detections")
     assert sum(matched) >= 0.95 * len(pairs)
 
+    # edge eval on ONNX Runtime scores the export as the parity gate did
+    assert main(["eval", str(out), "--voc", str(val), "--backend", "onnxruntime", "--json", str(work / "eval.json")]) == 0
+    evaluated = json.loads((work / "eval.json").read_text())
+    assert evaluated["map50"] == pytest.approx(parity["map50_onnx"], abs=1e-6)
+
 
 def test_tf2_saved_model_onnx_matches_float_tflite(trained_run, tmp_path):
     """The trained network saved the way export_tflite_graph_tf2.py does (empty post-process function)."""
