@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -118,21 +119,29 @@ def test_frozen_graph_onnx_contract_metadata_and_report(person_onnx, odapi_froze
     assert report["models"]["onnx"]["stats"]["size_bytes"] == person_onnx.stat().st_size
 
 
-def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, capsys):
+def _onnx_export_passes_parity(source, out, val, *, min_detections, min_map50):
+    """``edge convert SOURCE --format onnx`` (through convert()); asserts the parity gate's findings and
+    returns the report."""
     from convert.conversion import ConvertOptions, convert
+
+    report = convert(ConvertOptions(source=source, output=out, val=val, sparsity=0.0, latency_runs=5,
+                                    format="onnx"), log=lambda _: None)
+    parity = report["parity"]
+    print(f"{Path(out).name} parity: {json.dumps(parity)}")
+    assert parity["passed"], parity
+    assert parity["detections"] >= min_detections and parity["matched"] == parity["detections"]
+    assert parity["min_iou"] >= 0.95 and parity["max_score_diff"] <= 0.02
+    assert parity["map50_tflite"] > min_map50 and abs(parity["map50_points"]) <= 0.5
+    return report
+
+
+def test_trained_run_onnx_matches_float_tflite(trained_run, tmp_path_factory, capsys):
     from edge.cli import main
 
     run_dir, _, val_dir = trained_run
     out = tmp_path_factory.mktemp("run_onnx") / "shapes.onnx"
-    report = convert(ConvertOptions(source=run_dir, output=out, val=val_dir, sparsity=0.0, latency_runs=5,
-                                    format="onnx"), log=lambda _: None)
-    parity = report["parity"]
-    print(f"trained run parity: {json.dumps(parity)}")
-    assert parity["passed"], parity
-    assert parity["detections"] >= 50 and parity["matched"] == parity["detections"]
-    assert parity["min_iou"] >= 0.95 and parity["max_score_diff"] <= 0.02
-    assert parity["map50_tflite"] > 0.15 and abs(parity["map50_points"]) <= 0.5
-    assert "held-out set" in parity["compared"]
+    report = _onnx_export_passes_parity(run_dir, out, val_dir, min_detections=50, min_map50=0.15)
+    assert "held-out set" in report["parity"]["compared"]
     assert abs(report["map_drop"]["map50_points"]) <= 0.5  # the measure step's own mAP, float vs onnx
     assert out.is_file() and out.with_name("shapes.report.json").is_file()
 
@@ -154,7 +163,6 @@ def test_demo_model_onnx_matches_its_float_run_and_the_shipped_int8(tmp_path_fac
     """The bundled demo's own run (edge/models/demo_run, the source of the shipped int8 model) exported to
     ONNX: the parity gate passes on held-out shapes, and ``edge detect --backend onnxruntime`` finds what
     the shipped int8 demo finds on LiteRT."""
-    from convert.conversion import ConvertOptions, convert
     from edge.cli import main
     from edge.models import DEMO_MODEL, DEMO_RUN
 
@@ -164,14 +172,7 @@ def test_demo_model_onnx_matches_its_float_run_and_the_shipped_int8(tmp_path_fac
     val = work / "val"  # plain backgrounds: deterministic without ../shared
     assert main(["data", "synth", "--out", str(val), "--n", "40", "--size", "320", "--seed", "7"]) == 0
     out = work / "demo.onnx"
-    report = convert(ConvertOptions(source=DEMO_RUN, output=out, val=val, sparsity=0.0, latency_runs=5,
-                                    format="onnx"), log=lambda _: None)
-    parity = report["parity"]
-    print(f"demo parity: {json.dumps(parity)}")
-    assert parity["passed"], parity
-    assert parity["detections"] >= 40 and parity["matched"] == parity["detections"]
-    assert parity["min_iou"] >= 0.95 and parity["max_score_diff"] <= 0.02
-    assert parity["map50_tflite"] > 0.8 and abs(parity["map50_points"]) <= 0.5
+    parity = _onnx_export_passes_parity(DEMO_RUN, out, val, min_detections=40, min_map50=0.8)["parity"]
 
     images = val / "JPEGImages"
     assert main(["detect", str(out), str(images), "--backend", "onnxruntime", "--out", str(work / "onnx")]) == 0
