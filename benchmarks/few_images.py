@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--freeze-backbone-epochs", type=int, default=1, help="for the pretrained run")
     ap.add_argument("--scratch-width", type=float, default=1.0,
-                    help="width of the from-scratch run (the export's backbone is 1.0; 0.35 is edge train's default)")
+                    help="width of the from-scratch run (the export's backbone is 1.0; 0.5 is edge train's default)")
     ap.add_argument("--runs", default="none,odapi_export", help="which runs, comma-separated: none, odapi_export")
     ap.add_argument("--report-epochs", default="5,10,20",
                     help="epochs whose validation mAP the summary line shows (every epoch is in the JSON)")

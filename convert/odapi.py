@@ -209,18 +209,27 @@ def run_frozen_graph(path: str | Path, image_rgb: np.ndarray) -> dict[str, np.nd
     Returns ``boxes`` [N, 4] (ymin, xmin, ymax, xmax normalised), ``scores`` [N], ``classes`` [N]
     (the OD API's 1-based ids), N = ``num_detections``.
     """
+    return run_frozen_graph_on_images(path, [image_rgb])[0]
+
+
+def run_frozen_graph_on_images(path: str | Path, images_rgb) -> list[dict[str, np.ndarray]]:
+    """:func:`run_frozen_graph` for several images (any sizes) in one session: the graph is parsed
+    and imported once, which is most of the cost of a single call."""
     from convert.tf import import_tensorflow
 
     tf = import_tensorflow()
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(_parse_graph(Path(path)), name="")
+    results = []
     with tf.compat.v1.Session(graph=graph) as session:
-        boxes, scores, classes, count = session.run(
-            ["detection_boxes:0", "detection_scores:0", "detection_classes:0", "num_detections:0"],
-            {f"{IMAGE_NODE}:0": image_rgb[None]})
-    n = int(count[0])
-    return {"boxes": boxes[0, :n], "scores": scores[0, :n], "classes": classes[0, :n]}
+        for image_rgb in images_rgb:
+            boxes, scores, classes, count = session.run(
+                ["detection_boxes:0", "detection_scores:0", "detection_classes:0", "num_detections:0"],
+                {f"{IMAGE_NODE}:0": image_rgb[None]})
+            n = int(count[0])
+            results.append({"boxes": boxes[0, :n], "scores": scores[0, :n], "classes": classes[0, :n]})
+    return results
 
 
 @dataclass
