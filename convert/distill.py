@@ -6,10 +6,14 @@ same score conversion (sigmoid for the focal loss, softmax for hard-negative min
 inference mode (``training=False``: BatchNorm uses its moving statistics) on the student's batch,
 and no gradient flows into it.
 
-Teacher images. The data pipeline resizes every image to the *student's* input size first (that is
-the batch the step gets); a teacher with another input size sees that batch resized bilinearly
-(``tf.image.resize``) to its own size, and renormalised if its normalisation differs. A teacher
-larger than the student therefore sees an upsampled image, never more detail than the student.
+Teacher images. A teacher with another input size sees its own view of each training image: the
+data pipeline (:class:`convert.pipeline.InputPipeline` with ``teacher_config``) resizes the same
+crop from the source pixels to the teacher's input, flips and jitters it as the student's and
+normalises it the teacher's way (``targets["teacher_images"]``). A 320 px teacher of a 160 px
+student thus sees the detail it learned from, which is what it knows more than the student; fed the
+student's batch upsampled, it would see no more than the student does. Without that view (a caller's
+own batches), the student's batch is resized bilinearly (``tf.image.resize``) to the teacher's size
+and renormalised if the normalisations differ. A same-size teacher always takes the student's batch.
 
 Anchor mapping (computed once, in numpy, when the teacher is built):
 
@@ -179,6 +183,8 @@ class Teacher:
                                                           teacher_config.box_coder) if self.reencode else (None, None))
         self.student_size = student_config.architecture.input_size
         self.input_size = teacher_config.architecture.input_size
+        # The training pipeline then supplies the teacher's own view of each image (module docstring).
+        self.sees_own_view = self.input_size != self.student_size
         ns, nt = student_config.normalization, teacher_config.normalization
         # x_teacher = (x_student * std_s + mean_s - mean_t) / std_t
         self._renormalise = (ns.mean, ns.std) != (nt.mean, nt.std)
@@ -209,17 +215,21 @@ class Teacher:
                 "teacher_input_size": self.input_size, "teacher_width": self.config.architecture.width,
                 "teacher_anchors": int(self.model.outputs[0].shape[1])}
 
-    def targets(self, images):
+    def targets(self, images, teacher_images=None):
         """Teacher ``(box encodings, class logits)`` on the student's anchors for a student batch,
-        float32, gradient-free. Inside a tf.function."""
+        float32, gradient-free. Inside a tf.function. ``teacher_images``: the teacher's own view of
+        the batch (its size, its normalisation), when the pipeline made one."""
         from convert.tf import import_tensorflow
 
         tf = import_tensorflow()
-        x = tf.cast(images, tf.float32)
-        if self._renormalise:
-            x = x * self._norm[0] + self._norm[1]
-        if self.input_size != self.student_size:
-            x = tf.image.resize(x, (self.input_size, self.input_size), method="bilinear")
+        if teacher_images is not None:
+            x = tf.cast(teacher_images, tf.float32)
+        else:
+            x = tf.cast(images, tf.float32)
+            if self._renormalise:
+                x = x * self._norm[0] + self._norm[1]
+            if self.input_size != self.student_size:
+                x = tf.image.resize(x, (self.input_size, self.input_size), method="bilinear")
         box, logits = self.model(x, training=False)
         box, logits = tf.cast(box, tf.float32), tf.cast(logits, tf.float32)
         if self.index is not None:

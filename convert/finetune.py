@@ -57,7 +57,8 @@ def make_fine_tuner(config: SSDConfig, dataset, batch_size: int = 8, learning_ra
         saved_momentum = [(bn, bn.momentum) for bn in _batch_norms(model)]
         for bn, _ in saved_momentum:
             bn.momentum = FINE_TUNE_BN_MOMENTUM  # read when the step is traced, below
-        pipeline = InputPipeline(dataset, config, augment=True)
+        pipeline = InputPipeline(dataset, config, augment=True,
+                                 teacher_config=None if teacher is None else teacher.config)
         data = iter(pipeline.training_dataset(min(batch_size, len(dataset.samples)), seed=seed))
         optimizer = make_optimizer(learning_rate, steps, warmup_steps=warmup_steps)
         train_step = make_train_step(model, optimizer, loss, teacher=teacher, distill=distill)

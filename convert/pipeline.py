@@ -1,6 +1,11 @@
 """tf.data input pipeline: read -> (box-safe crop) -> resize to the model size -> flip -> targets
 -> photometric -> normalise -> batch -> prefetch.
 
+With a distillation teacher of another input size, the same crop is also resized from the source
+pixels to the teacher's input (then flipped, jittered and normalised as the student's, with the same
+draws): a teacher at 320 px of a 160 px student sees the detail it was trained on, not the
+student's image upsampled. That image travels in the targets as ``teacher_images``.
+
 Memory: every image is resized to the fixed ``S x S`` model input right after decoding, before any
 batching or augmentation (the lever that keeps a batch of 12-megapixel photos from costing
 gigabytes); parallel reads and prefetch are bounded (``parallel`` and 2 batches), nothing is cached.
@@ -34,7 +39,8 @@ class InputPipeline:
     """Builds tf.data datasets for one :class:`~convert.data.Dataset` and one model config."""
 
     def __init__(self, dataset, config: SSDConfig, augment: bool = False, parallel: int = 2,
-                 crop_probability: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 crop_probability: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 teacher_config: SSDConfig | None = None) -> None:
         self.dataset = dataset
         self.config = config
         self.augment = augment
@@ -42,6 +48,10 @@ class InputPipeline:
         self.crop_probability = crop_probability
         self.size = config.architecture.input_size
         self.max_pixels = max_pixels
+        teacher_size = None if teacher_config is None else teacher_config.architecture.input_size
+        # A same-size teacher takes the student's batch itself (renormalised if need be).
+        self.teacher_size = teacher_size if teacher_size not in (None, self.size) else None
+        self.teacher_normalization = None if self.teacher_size is None else teacher_config.normalization
         self.anchors = generate_anchors(config.anchors)
         self._corners = anchor_corners(self.anchors)
         self._skipped: dict[str, str] = {}
@@ -60,7 +70,8 @@ class InputPipeline:
                 log.warning("skipped %s: %s", path, reason)
 
     def read(self, index: int, rng: np.random.Generator | None = None):
-        """Image ``index`` as RGB uint8 ``[S, S, 3]`` plus its boxes (normalised yxyx) and class ids.
+        """Image ``index`` as RGB uint8 ``[S, S, 3]`` plus its boxes (normalised yxyx), class ids and
+        the teacher's view of the same crop (``[T, T, 3]``, or None without a teacher of another size).
 
         Returns None (and records why) when the image cannot be used.
         """
@@ -80,16 +91,17 @@ class InputPipeline:
             image, boxes = _box_safe_crop(image, boxes, rng)
             h, w = image.shape[:2]
         # Resize first: everything after this point costs S*S*3 bytes per image, whatever the photo.
-        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA if max(h, w) > self.size
-                           else cv2.INTER_LINEAR)
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+        teacher_view = None if self.teacher_size is None else _resized_rgb(image, self.teacher_size)
+        image = _resized_rgb(image, self.size)
         norm = np.empty_like(boxes)
         norm[:, 0], norm[:, 1] = boxes[:, 1] / h, boxes[:, 0] / w
         norm[:, 2], norm[:, 3] = boxes[:, 3] / h, boxes[:, 2] / w
         if rng is not None and rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
+            if teacher_view is not None:
+                teacher_view = np.ascontiguousarray(teacher_view[:, ::-1])
             norm[:, 1], norm[:, 3] = 1.0 - norm[:, 3], 1.0 - norm[:, 1]
-        return image, np.clip(norm, 0.0, 1.0), sample.class_ids
+        return image, np.clip(norm, 0.0, 1.0), sample.class_ids, teacher_view
 
     def _load(self, index, seed):
         rng = np.random.default_rng(int(seed)) if self.augment else None
@@ -100,13 +112,16 @@ class InputPipeline:
                        f"cannot be used ({first_line(exc, 160, with_type=True)})")
             loaded = None
         num_anchors = self.anchors.shape[0]
+        teacher_side = self.teacher_size or 1  # a 1x1 placeholder when there is no teacher view
         if loaded is None:
             return (np.zeros((self.size, self.size, 3), np.uint8), np.zeros((num_anchors, 4), np.float32),
-                    np.zeros(num_anchors, np.int32), False)
-        image, boxes, ids = loaded
+                    np.zeros(num_anchors, np.int32), False, np.zeros((teacher_side, teacher_side, 3), np.uint8))
+        image, boxes, ids, teacher_view = loaded
         box_targets, class_targets = assign_targets(boxes, ids, self.anchors, self.config.box_coder,
                                                     corners=self._corners)
-        return image, box_targets, class_targets, True
+        if teacher_view is None:
+            teacher_view = np.zeros((teacher_side, teacher_side, 3), np.uint8)
+        return image, box_targets, class_targets, True, teacher_view
 
     def training_dataset(self, batch_size: int, seed: int = 0, repeat: bool = True):
         """Shuffled, augmented batches ``(images, {"box_targets", "class_targets"})``, forever."""
@@ -127,8 +142,8 @@ class InputPipeline:
         size, norm = self.size, self.config.normalization
 
         def load(index, seed):
-            image, _, _, ok = tf.numpy_function(self._load, [index, seed],
-                                                [tf.uint8, tf.float32, tf.int32, tf.bool])
+            image, _, _, ok, _ = tf.numpy_function(self._load, [index, seed],
+                                                   [tf.uint8, tf.float32, tf.int32, tf.bool, tf.uint8])
             image.set_shape((size, size, 3))
             image = (tf.cast(image, tf.float32) - norm.mean) / norm.std
             return image, index, tf.reshape(ok, ())
@@ -138,27 +153,40 @@ class InputPipeline:
     def _batched(self, pairs, batch_size: int, drop_remainder: bool, photometric: bool, seed: int):
         tf = import_tensorflow()
         size, num_anchors = self.size, self.anchors.shape[0]
+        teacher_size = self.teacher_size
 
         def load(index, element_seed):
-            image, box_t, cls_t, ok = tf.numpy_function(self._load, [index, element_seed],
-                                                        [tf.uint8, tf.float32, tf.int32, tf.bool])
+            image, box_t, cls_t, ok, teacher_view = tf.numpy_function(
+                self._load, [index, element_seed], [tf.uint8, tf.float32, tf.int32, tf.bool, tf.uint8])
             image.set_shape((size, size, 3))
             box_t.set_shape((num_anchors, 4))
             cls_t.set_shape((num_anchors,))
-            return image, box_t, cls_t, tf.reshape(ok, ()), element_seed
+            teacher_view.set_shape((teacher_size or 1, teacher_size or 1, 3))
+            return image, box_t, cls_t, tf.reshape(ok, ()), element_seed, teacher_view
 
-        def finish(image, box_t, cls_t, ok, element_seed):
+        def normalised(image, element_seed, norm):
             image = tf.cast(image, tf.float32)
-            if photometric:
+            if photometric:  # stateless, seeded per element: the teacher's view gets the same jitter
                 image = _photometric(tf, image, element_seed)
-            norm = self.config.normalization
-            image = (image - norm.mean) / norm.std
-            return image, {"box_targets": box_t, "class_targets": cls_t}
+            return (image - norm.mean) / norm.std
+
+        def finish(image, box_t, cls_t, ok, element_seed, teacher_view):
+            targets = {"box_targets": box_t, "class_targets": cls_t}
+            if teacher_size is not None:
+                targets["teacher_images"] = normalised(teacher_view, element_seed, self.teacher_normalization)
+            return normalised(image, element_seed, self.config.normalization), targets
 
         ds = pairs.map(load, num_parallel_calls=self.parallel)
-        ds = ds.filter(lambda image, b, c, ok, s: ok)
+        ds = ds.filter(lambda image, b, c, ok, s, t: ok)
         ds = ds.map(finish, num_parallel_calls=self.parallel)
         return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
+
+
+def _resized_rgb(image: np.ndarray, side: int) -> np.ndarray:
+    """BGR ``image`` -> RGB ``[side, side, 3]`` (area filter when shrinking)."""
+    h, w = image.shape[:2]
+    out = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if max(h, w) > side else cv2.INTER_LINEAR)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
 
 
 def _photometric(tf, image, element_seed):

@@ -72,7 +72,7 @@ def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None, te
 
     def replica_step(images, targets):
         if teacher is not None:  # outside the tape: nothing of the teacher is differentiated
-            teacher_box, teacher_logits = teacher_fn(images)
+            teacher_box, teacher_logits = teacher_fn(images, targets.get("teacher_images"))
         with tf.GradientTape() as tape:
             box_pred, class_logits = model(images, training=True)
             total, box_loss, class_loss = loss_fn(targets["box_targets"], targets["class_targets"],
@@ -101,9 +101,12 @@ def make_train_step(model, optimizer, loss_config: LossConfig, strategy=None, te
     # One graph for every batch size (tracing the backward pass of MobileNetV2 costs many seconds, and
     # the batch-size search would otherwise trace once per size).
     size, num_anchors = model.input_shape[1:3], int(model.outputs[0].shape[1])
-    signature = [tf.TensorSpec((None, *size, 3), tf.float32),
-                 {"box_targets": tf.TensorSpec((None, num_anchors, 4), tf.float32),
-                  "class_targets": tf.TensorSpec((None, num_anchors), tf.int32)}]
+    target_specs = {"box_targets": tf.TensorSpec((None, num_anchors, 4), tf.float32),
+                    "class_targets": tf.TensorSpec((None, num_anchors), tf.int32)}
+    if teacher is not None and teacher.sees_own_view:
+        side = teacher.input_size
+        target_specs["teacher_images"] = tf.TensorSpec((None, side, side, 3), tf.float32)
+    signature = [tf.TensorSpec((None, *size, 3), tf.float32), target_specs]
     # Without autograph: the step and the layers have no tensor-dependent Python control flow, and
     # converting every layer's call (TFMOT's pruning wrappers above all) is a third of the first
     # step's tracing: 64 -> 46 s for a pruning-wrapped tiny SSD on two cores, the same losses.
@@ -126,7 +129,7 @@ def search_batch_size(config, dataset, start: int = 4, max_batch: int = 256, ste
     model = build_ssd(config)
     optimizer = make_optimizer(1e-4, 100, warmup_steps=0, mixed_precision=mixed_precision)
     step = make_train_step(model, optimizer, loss or LossConfig(), teacher=teacher, distill=distill)
-    pipeline = InputPipeline(dataset, config, augment=False)
+    pipeline = InputPipeline(dataset, config, augment=False, teacher_config=None if teacher is None else teacher.config)
 
     def try_batch(size: int) -> None:
         images, targets = next(iter(pipeline.training_dataset(size, repeat=True)))

@@ -328,7 +328,8 @@ def train(config: SSDConfig, dataset, run_dir, epochs: int, batch_size: int = DE
     if verbose and getattr(model, "pretrained_report", None) is not None:
         print(model.pretrained_report.describe())
 
-    pipeline = InputPipeline(distributed.worker_shard(dataset, strategy), config, augment=augment, parallel=workers)
+    pipeline = InputPipeline(distributed.worker_shard(dataset, strategy), config, augment=augment, parallel=workers,
+                             teacher_config=None if teacher is None else teacher.config)
     # Resumed runs reshuffle differently (seed + step) rather than replay the same batches.
     batches = _batches(pipeline, strategy, batch_size, seed + checkpoints.steps_done)
     train_step = make_train_step(model, optimizer, loss, strategy, teacher=teacher, distill=distill)

@@ -332,7 +332,7 @@ def test_pipeline_skips_and_names_decoder_errors_and_absurd_sizes(tmp_path, monk
     assert pipeline_module.read_image is edge.images.read_image
     oks = []
     for index, sample in enumerate(dataset.samples):
-        image, box_t, cls_t, ok = pipeline._load(np.int64(index), np.int64(index))
+        image, box_t, cls_t, ok, _ = pipeline._load(np.int64(index), np.int64(index))
         assert image.shape == (96, 96, 3) and image.dtype == np.uint8
         oks.append((sample.image_path.stem, bool(ok)))
     assert dict(oks) == {"good": True, "bomb": False, "truncated": False, "raising": False}

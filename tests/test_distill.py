@@ -2,8 +2,8 @@
 and pseudo-labelling an images-only folder.
 
 The TensorFlow tests share one module-scoped teacher: a tiny SSDLite (width 0.35, 160 px) trained
-briefly on synthetic shapes. Students are 128 px, so they go through the max-IoU anchor match and
-the bilinear resize of the batch to the teacher's size.
+briefly on synthetic shapes. Students are 128 px, so they go through the max-IoU anchor match, and
+the teacher sees the pipeline's 160 px view of each image (the same crop from the source pixels).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square"]
 WIDTH, TEACHER_SIZE, STUDENT_SIZE = 0.35, 160, 128
 TEACHER_STEPS, STUDENT_STEPS, BATCH, LR = 120, 30, 8, 5e-3
-BOX_CONFIDENCE = 0.3  # a briefly trained teacher is rarely above the default 0.5 on upsampled 128 px input
+BOX_CONFIDENCE = 0.3  # a briefly trained teacher is rarely above the default 0.5
 
 
 class _StubModel:
@@ -209,8 +209,10 @@ def _distances(model, config: SSDConfig, teacher: Teacher, dataset, confidence: 
 
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     class_diffs, box_diffs = [], []
-    for images, _, ok in InputPipeline(dataset, config).eval_dataset(8):
-        teacher_box, teacher_logits = (t.numpy() for t in teacher.targets(images))
+    # Unaugmented, in sample order: the teacher-size pipeline's images are the teacher's views of these.
+    views = InputPipeline(dataset, teacher.config).eval_dataset(8)
+    for (images, _, ok), (teacher_images, _, _) in zip(InputPipeline(dataset, config).eval_dataset(8), views):
+        teacher_box, teacher_logits = (t.numpy() for t in teacher.targets(images, teacher_images))
         box, logits = (t.numpy() for t in model(images, training=False))
         keep = ok.numpy()
         class_diffs.append(np.abs(sig(logits) - sig(teacher_logits))[keep].reshape(-1))
@@ -249,6 +251,37 @@ def test_distillation_brings_the_student_closer_to_the_teacher(teacher_run):
     assert results["distilled_history"]["distill_loss"] > 0
     assert "distill_loss" not in results["plain_history"]
     assert "distillation" not in json.loads((base / "plain" / "config.json").read_text())["training"]
+
+
+def test_a_teacher_of_another_size_sees_the_same_crop_from_the_source_pixels(tmp_path):
+    import cv2
+
+    from convert.data.synth import write_synthetic_voc
+    from convert.pipeline import InputPipeline
+
+    dataset = write_synthetic_voc(tmp_path / "data", 8, classes=CLASSES, size=TEACHER_SIZE, seed=4)
+    student = SSDConfig.create(CLASSES, input_size=STUDENT_SIZE, width=WIDTH)
+    teacher = SSDConfig.create(CLASSES, input_size=TEACHER_SIZE, width=WIDTH)
+
+    # Unaugmented: the teacher's view is the source image at the teacher's size (here its own pixels).
+    image, _, _, view = InputPipeline(dataset, student, teacher_config=teacher).read(0)
+    source = cv2.cvtColor(cv2.imread(str(dataset.samples[0].image_path)), cv2.COLOR_BGR2RGB)
+    assert image.shape == (STUDENT_SIZE, STUDENT_SIZE, 3)
+    np.testing.assert_array_equal(view, source)
+    assert InputPipeline(dataset, student, teacher_config=student).read(0)[3] is None  # same size: no view
+    assert InputPipeline(dataset, student).read(0)[3] is None
+
+    # Augmented batches: each view went through its student image's crop, flip and colour jitter.
+    pipeline = InputPipeline(dataset, student, augment=True, crop_probability=1.0, teacher_config=teacher)
+    images, targets = next(iter(pipeline.training_dataset(8, seed=3)))
+    views = targets["teacher_images"].numpy()
+    assert views.shape == (8, TEACHER_SIZE, TEACHER_SIZE, 3) and np.abs(views).max() <= 1.0
+    shrunk = np.stack([cv2.resize(v, (STUDENT_SIZE, STUDENT_SIZE), interpolation=cv2.INTER_AREA) for v in views])
+    matched = np.abs(shrunk - images.numpy()).mean(axis=(1, 2, 3))
+    mismatched = np.abs(shrunk - np.roll(images.numpy(), 1, axis=0)).mean(axis=(1, 2, 3))
+    print(f"teacher view vs its student image (mean abs, [-1, 1] units): {matched.max():.4f}; "
+          f"vs another image: {mismatched.min():.4f}")
+    assert matched.max() < 0.03 and mismatched.min() > 4 * matched.max()
 
 
 def _images_only(dataset, folder: Path, count: int) -> Path:
