@@ -21,26 +21,17 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.files import atomic_write_json  # noqa: E402
+from edge_commands import EDGE, run  # noqa: E402  (benchmarks/edge_commands.py)
 
 DEFAULT_TEACHER = ROOT / "edge" / "models" / "demo_run"
 DEFAULT_BACKGROUNDS = ROOT.parent / "shared" / "fixtures" / "images"
-EDGE = [sys.executable, "-m", "edge.cli"]
-
-
-def run(cmd: list[str]) -> float:
-    print("$ " + shlex.join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    return time.perf_counter() - t0
 
 
 def main() -> int:

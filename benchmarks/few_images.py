@@ -18,25 +18,17 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.files import atomic_write_json  # noqa: E402
+from edge_commands import EDGE, run  # noqa: E402  (benchmarks/edge_commands.py)
 
 DEFAULT_EXPORT = ROOT.parent / "shared" / "fixtures" / "odapi" / "ssdlite_mobilenet_v2_person_frozen.pb"
 DEFAULT_BACKGROUNDS = ROOT.parent / "shared" / "fixtures" / "images"
-
-
-def run(cmd: list[str]) -> float:
-    print("$ " + shlex.join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -60,7 +52,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_images.json"))
     args = ap.parse_args()
 
-    edge = [sys.executable, "-m", "edge.cli"]
+    edge = EDGE
     work = Path(args.work_dir)
     train_dir, val_dir = work / "train", work / "val"
     size = str(args.input_size)
