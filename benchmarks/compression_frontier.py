@@ -12,7 +12,10 @@ Everything goes through the ``edge`` CLI as child processes, exactly as a user w
 5. ``edge convert``: the teacher channel-pruned to int8 at keep 0.75 / 0.5 / 0.35 (``--prune-channels
    1-keep``), each fine-tuned for the same ``--channel-steps`` with the unpruned model as teacher
    (``--distill-weight 1``) and without (``--distill-weight 0``); ``--sparsity 0``, so only channel
-   pruning acts. ``--quick`` prunes to keep 0.5 only: each conversion costs minutes whatever the size.
+   pruning acts. Keep 1.0 is ``--prune-channels 0``: nothing removed, the dense model fine-tuned the
+   same steps the same two ways -- the control that tells what pruning cost from what the extra
+   steps gave (the pruned rows' "vs dense + steps" column). ``--quick`` prunes to keep 0.5 only:
+   each conversion costs minutes whatever the size.
 6. ``edge eval --voc HELD_OUT`` for every int8 model (mAP@0.5), then ``invoke()`` of all of them side
    by side in this process, interleaved in rounds on one held-out image, so a noisy neighbour slows
    every model alike (the report's own latency, measured at conversion time, is recorded too).
@@ -56,7 +59,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 DEFAULT_BACKGROUNDS = FIXTURES / "images"
 DEFAULT_EXPORT = FIXTURES / "odapi" / "ssdlite_mobilenet_v2_person_frozen.pb"
 EDGE = [sys.executable, "-m", "edge.cli"]
-KEEP_RATIOS = (0.75, 0.5, 0.35)
+KEEP_RATIOS = (1.0, 0.75, 0.5, 0.35)
 # Every edge convert pays two SavedModel exports and TFLite conversions (float reference and output),
 # ~1.5-2 CPU minutes whatever the model's size: --quick converts one keep ratio, with and without
 # distillation, so every kind of command still runs once within the 10 minutes.
@@ -170,18 +173,23 @@ def side_by_side_latency(models: dict[str, Path], image_path: Path, rounds: int,
 
 def ordered(rows: dict[str, dict]) -> list[dict]:
     """Table order: dense, pruned by falling keep ratio, students; whatever order they ran in."""
-    kinds = {"dense": 0, "pruned": 1, "student": 2}
+    kinds = {"dense": 0, "tuned": 1, "pruned": 2, "student": 3}
     return sorted(rows.values(), key=lambda r: (kinds[r["kind"]], -r["keep_ratio"], r["distilled"] is False))
 
 
 def markdown(result: dict) -> str:
-    lines = ["| variant | keep ratio | distilled | file KiB | invoke ms (median) | x dense | mAP@0.5 | drop vs dense |",
-             "|---|---:|:---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | keep ratio | distilled | file KiB | invoke ms (median) | x dense | mAP@0.5 | drop vs dense "
+             "| drop vs dense + steps |",
+             "|---|---:|:---:|---:|---:|---:|---:|---:|---:|"]
+
+    def points(value):
+        return "-" if value is None else f"{value:.1f}"
+
     for r in result["variants"]:
-        drop = "-" if r.get("map50_drop_points") is None else f"{r['map50_drop_points']:.1f}"
         lines.append(f"| {r['variant']} | {r['keep_ratio']:.2f} | {'yes' if r['distilled'] else 'no'} | "
                      f"{r['size_bytes'] / 1024:.0f} | {r['invoke_median_ms']:.2f} | {r['invoke_ratio']:.2f} | "
-                     f"{100 * r['map50']:.1f} | {drop} |")
+                     f"{100 * r['map50']:.1f} | {points(r.get('map50_drop_points'))} | "
+                     f"{points(r.get('map50_drop_vs_tuned_points'))} |")
     s = result.get("students")
     lines.append("")
     if s:
@@ -189,6 +197,10 @@ def markdown(result: dict) -> str:
                      f"{s['steps']} steps each): alone {100 * s['alone_map50']:.1f}, distilled "
                      f"{100 * s['distilled_map50']:.1f} mAP@0.5 ({s['map50_gain_points']:+.1f} points). "
                      "Their drop column is against the dense teacher int8.")
+    if any(r["kind"] == "tuned" for r in result["variants"]):
+        lines.append(f"Dense + steps: keep 1.0 (--prune-channels 0), the dense model fine-tuned the same "
+                     f"{result['settings']['channel_steps']} steps as the pruned ones; a pruned row's last column "
+                     "is against the one fine-tuned the same way (distilled or not): what pruning cost at equal steps.")
     st = result["settings"]
     lines += [
         "",
@@ -238,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k])
                 for k in FULL}
     keep_ratios = tuple(args.keep_ratios or (QUICK_KEEP_RATIOS if args.quick else KEEP_RATIOS))
-    if not all(0 < k < 1 for k in keep_ratios):
-        ap.error(f"--keep-ratios {' '.join(map(str, keep_ratios))}: each must be between 0 and 1")
+    if not all(0 < k <= 1 for k in keep_ratios):
+        ap.error(f"--keep-ratios {' '.join(map(str, keep_ratios))}: each must be in (0, 1]")
     suffix = "_quick" if args.quick else ""
     work = args.work_dir or Path(f"/tmp/edgekit_compression_frontier{suffix}")
     out = args.out or RESULTS / f"compression_frontier{suffix}"
@@ -330,10 +342,12 @@ def main(argv: list[str] | None = None) -> int:
 
         for keep in keep_ratios:
             for weight in (1, 0):
-                name = f"pruned keep {keep:.2f}{' distilled' if weight else ''}"
+                tuned = keep == 1.0  # nothing removed: the equal-steps control
+                name = (f"dense + {st['channel_steps']} steps" if tuned else f"pruned keep {keep:.2f}") \
+                    + (" distilled" if weight else "")
                 convert(name, teacher, ["--sparsity", "0", "--prune-channels", f"{1 - keep:.2f}",
                                         "--channel-steps", str(st["channel_steps"]), "--distill-weight", str(weight)],
-                        kind="pruned", keep_ratio=keep, distilled=bool(weight))
+                        kind="tuned" if tuned else "pruned", keep_ratio=keep, distilled=bool(weight))
     except CommandFailed as exc:
         failed = exc
     else:
@@ -349,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             row["invoke_ratio"] = latency[name]["median_ms"] / latency["dense int8"]["median_ms"]
             row["size_ratio"] = row["size_bytes"] / dense["size_bytes"]
             row["map50_drop_points"] = 100 * (dense["map50"] - row["map50"])
+        controls = {r["distilled"]: r for r in rows.values() if r["kind"] == "tuned"}
+        for row in rows.values():
+            if row["kind"] == "pruned" and row["distilled"] in controls:
+                row["map50_drop_vs_tuned_points"] = 100 * (controls[row["distilled"]]["map50"] - row["map50"])
         result["latency"] = {"runtime": runtime, "threads": args.threads, "rounds": st["latency_rounds"],
                              "invokes_per_round": st["latency_invokes"]}
     if "student int8" in rows and "student distilled int8" in rows:
