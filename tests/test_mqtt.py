@@ -316,9 +316,11 @@ def test_a_scripted_run_publishes_the_exact_events_counts_stats_and_discovery(br
         finally:
             late.close()
 
-        # stats: the loop's numbers and the sink's own, QoS 0, every 0.2 s
+        # stats: the loop's numbers and the sink's own, QoS 0, every 0.2 s and once more at the end, so
+        # the last one holds the run's final count however short the run was
         stats = [json.loads(p) for p in sub.on("edgekit/door/stats")]
         assert stats and {"fps", "frames_processed", "rss_mb", "running"} <= set(stats[-1])
+        assert stats[-1]["frames_processed"] == summary.frames_processed, stats[-1]
         assert stats[-1]["mqtt"]["dropped"] == 0 and stats[-1]["camera"] == "door"
 
         # Home Assistant: a sensor per region x class x direction, fps, occupancy per zone

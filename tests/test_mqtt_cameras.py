@@ -77,10 +77,16 @@ def test_every_camera_publishes_under_its_own_name(tmp_path):
         assert all(f"connected to {broker.url}, topics under edgekit/{name}/" in logged for name in CAMERAS)
 
         json_events = _json_events(out)
+        frames = {name: 0 for name in CAMERAS}
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            if "event" not in record:
+                frames[record["camera"]] += 1
         for name in CAMERAS:
             assert sub.on(f"edgekit/{name}/availability") == ["online", "offline"]
             stats = [json.loads(p) for p in sub.on(f"edgekit/{name}/stats")]
             assert stats and all(s["camera"] == name and "fps" in s and s["mqtt"]["dropped"] == 0 for s in stats)
+            assert stats[-1]["frames_processed"] == frames[name], (name, stats[-1])  # the last: the final count
             messages = [json.loads(p) for p in sub.on(f"edgekit/{name}/events")]
             if name not in ZONED:
                 assert messages == [] and not json_events[name]

@@ -19,7 +19,8 @@ Topics (``P`` is the prefix)
 ``P/counts/REGION/CLASS/DIR``       the same per class (retained, QoS 1)
 ``P/occupancy/ZONE``                objects inside the zone now (retained, QoS 1)
 ``P/stats``                         the loop's live numbers and this sink's, JSON, QoS 0, every
-                                    ``stats_every`` seconds
+                                    ``stats_every`` seconds (the first after at most 1 s), and
+                                    once more as the run ends
 ``homeassistant/.../config``        discovery (retained): a sensor per region x class x direction count
                                     (classes the config names, and each class once first counted; an
                                     all-classes sensor per region and direction), an fps sensor, an
@@ -246,6 +247,7 @@ class MqttSink(StatePublishing, Sink):
         if self.connected:  # else nothing more can arrive: the will said offline, or it never connected
             for step in (lambda: [self._end(*ending, "stopped", None, now, None) for ending in still_open],
                          lambda: self._publish_state(full=False),
+                         lambda: self.stats_every and self._publish_stats(final=True),
                          lambda: self._connection.publish(self.availability_topic, "offline", retain=True, state=True)):
                 try:
                     step()

@@ -76,10 +76,13 @@ class StatePublishing:
                 if publish(f"{self.prefix}/occupancy/{topic_level(name)}", str(value), retain=True, state=True):
                     self._sent_occupancy[name] = value
 
-    def _publish_stats(self) -> None:
+    def _publish_stats(self, final: bool = False) -> None:
+        """One ``P/stats`` message. A tick skips (and counts as dropped) while the last is still unsent;
+        the ``final`` one, as the run ends, goes anyway: it holds the run's last numbers, so even a run
+        shorter than the first tick leaves them."""
         if not self.connected:
             return
-        if self._stats_info is not None and not self._stats_info.is_published():
+        if not final and self._stats_info is not None and not self._stats_info.is_published():
             self._connection.count("dropped")  # the last one is still in paho's buffer: the broker is slow
             return
         try:
