@@ -67,11 +67,26 @@ class StallingSource(Source):
         return self.image
 
 
+def _detector_fps(detector, size=(160, 120), seconds: float = 0.5) -> float:
+    image = np.full((size[1], size[0], 3), 90, np.uint8)
+    for _ in range(10):
+        detector.detect(image)
+    frames, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        detector.detect(image)
+        frames += 1
+    return frames / (time.perf_counter() - start)
+
+
 def test_each_camera_gets_its_share_under_saturation(detector, traffic_video, tmp_path):
-    """Two live cameras at 120 fps, two synthetic files and the traffic video (looped) keep the detector
-    saturated; each gets 1/5 of the frames within 10%, and every JSON line names its camera."""
+    """Two live cameras, two synthetic files and the traffic video (looped) keep the detector saturated;
+    each gets 1/5 of the frames within 10%, and every JSON line names its camera. Each live camera runs
+    at the detector's own rate measured here, 5 times its share (2.5 times should the measurement catch
+    a busy moment), so it is saturated on a fast machine too: at a fixed 120 fps a fast CI machine served
+    nearly every frame of it, and its share was what it offered."""
+    live_fps = max(120.0, _detector_fps(detector))
     shared = JsonLinesSink(tmp_path / "all.jsonl")
-    cameras = [_synthetic("live0", 0, live=True, fps=120), _synthetic("live1", 1, live=True, fps=120),
+    cameras = [_synthetic("live0", 0, live=True, fps=live_fps), _synthetic("live1", 1, live=True, fps=live_fps),
                _synthetic("file0", 2), _synthetic("file1", 3, size=(320, 240)),
                Camera("traffic", open_source(str(traffic_video), loop=True))]
     for camera in cameras:
@@ -82,13 +97,14 @@ def test_each_camera_gets_its_share_under_saturation(detector, traffic_video, tm
     assert summary.stop_reason == "duration"
     n = len(cameras)
     shares = {c.name: c.share for c in summary.cameras}
-    print("shares:", {k: round(v, 4) for k, v in shares.items()}, f"{summary.fps:.1f} fps in all")
+    print("shares:", {k: round(v, 4) for k, v in shares.items()}, f"{summary.fps:.1f} fps in all,",
+          f"live cameras at {live_fps:.0f} fps")
     for camera in summary.cameras:
         assert camera.share >= 0.9 / n, f"{camera.name} got {camera.share:.3f} of the frames, below 0.9/{n}"
         assert camera.state == "up" and camera.frames_read >= camera.frames_processed > 0
         assert camera.read_errors == camera.stalls == camera.reconnects == 0
     # Saturated: the live cameras produced more than the detector took from them and dropped the rest
-    # (how much more depends on the machine's speed: 47% dropped on a quiet 2-core run, 60% on a busy one).
+    # (about 80% at 5 times their share: the capture threads' own work slows the detector further).
     for name in ("live0", "live1"):
         c = summary.camera(name)
         assert c.frames_dropped > 0.1 * c.frames_read, (name, c.frames_dropped, c.frames_read)

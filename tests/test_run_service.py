@@ -24,11 +24,13 @@ def test_config_runs_every_camera_and_names_it_in_each_json_line(tmp_path):
     out = tmp_path / "out.jsonl"
     result = edge("run", "--config", config, "--max-frames", "80", "--json", out, "--stats-every", "0")
     assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    by_camera = {}
-    for r in records:
-        by_camera[r["camera"]] = by_camera.get(r["camera"], 0) + 1
-    assert set(by_camera) == {"door", "road"} and abs(by_camera["door"] - by_camera["road"]) <= 2
+    names = [json.loads(line)["camera"] for line in out.read_text().splitlines()]
+    assert len(names) == 80 and set(names) == {"door", "road"}
+    # Fair once both have a frame: until the later camera's first frame is ready, the other takes every
+    # turn (how many depends on the machine: 4 on one CI run), then the two alternate.
+    both_up = max(names.index("door"), names.index("road"))
+    after = names[both_up:]
+    assert abs(after.count("door") - after.count("road")) <= 2, names
     assert "door" in result.stderr and "road" in result.stderr
 
 
