@@ -30,7 +30,10 @@ from edge.errors import EdgeError
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square"]
 WIDTH, TEACHER_SIZE, STUDENT_SIZE = 0.35, 160, 128
-TEACHER_STEPS, STUDENT_STEPS, BATCH, LR = 120, 30, 8, 5e-3
+TEACHER_STEPS, STUDENT_STEPS, BATCH, LR = 120, 60, 8, 5e-3
+# 60 student steps, not 30: after 30 the class outputs of both students were still equally far from the
+# teacher's (0.0593 vs 0.0591, a tie either way on another machine); after 60 the distilled one is 11%
+# closer (0.0341 vs 0.0382) and its boxes half as far (0.74 vs 1.44).
 BOX_CONFIDENCE = 0.3  # a briefly trained teacher is rarely above the default 0.5
 
 
