@@ -209,6 +209,9 @@ def markdown(result: dict) -> str:
         f"Pruned variants: {st['channel_steps']} fine-tuning steps each (--channel-steps), --sparsity 0. "
         f"Data: --preset hard, {st['train_images']} training / {st['val_images']} held-out images at "
         f"{st['image_size']} px, backgrounds: {result['backgrounds'] or 'none (noise and gradients)'}.",
+        *([f"Teacher run reused (--teacher-run {result['teacher_run']}): trained by an earlier run of this "
+           "script on the same data; the settings above are the ones it was trained with."]
+          if result.get("teacher_run") else []),
         f"Invoke: {result['latency']['runtime']}, {st['latency_rounds']} interleaved rounds of "
         f"{st['latency_invokes']} invokes per model on one held-out image. Load average (1, 5, 15 min) at start "
         f"{result['load_average']['start']}, at end {result['load_average']['end']}.",
@@ -239,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-ratios", type=float, nargs="+", default=None,
                     help=f"channel keep ratios to prune to (default {' '.join(map(str, KEEP_RATIOS))}, "
                          f"--quick {' '.join(map(str, QUICK_KEEP_RATIOS))})")
+    ap.add_argument("--teacher-run", type=Path, default=None,
+                    help="an already trained teacher run directory (trained on this script's data with the same "
+                         "--train-images/--image-size): skips training the teacher")
+    ap.add_argument("--distill-weights", type=float, nargs="+", default=(1.0, 0.0),
+                    help="--distill-weight values each keep ratio is fine-tuned with (default 1 0: with and "
+                         "without the unpruned model teaching)")
+    ap.add_argument("--no-students", action="store_true",
+                    help="skip the students (train and convert): a pruning-only run")
     ap.add_argument("--threads", type=int, default=1,
                     help="interpreter threads for the side-by-side invoke timing (default 1: steadier on shared cores)")
     ap.add_argument("--out", type=Path, default=None,
@@ -323,30 +334,35 @@ def main(argv: list[str] | None = None) -> int:
             log.run(EDGE + ["data", "synth", "--preset", "hard", "--out", str(folder), "--n", str(n),
                             "--size", str(st["image_size"]), "--seed", str(seed)] + bg)
 
-        teacher = work / "runs" / "teacher"
-        freeze = ["--freeze-backbone-epochs", "1"] if teacher_weights != "none" and st["teacher_epochs"] > 1 else []
-        result["teacher_train_seconds"] = round(train(teacher, st["teacher_width"], st["teacher_size"],
-                                                      st["teacher_epochs"], st["teacher_steps"],
-                                                      ["--backbone-weights", teacher_weights] + freeze), 1)
+        if args.teacher_run is not None:
+            teacher = args.teacher_run
+            result["teacher_run"] = str(teacher)  # its own config.json says how it was trained
+        else:
+            teacher = work / "runs" / "teacher"
+            freeze = ["--freeze-backbone-epochs", "1"] if teacher_weights != "none" and st["teacher_epochs"] > 1 else []
+            result["teacher_train_seconds"] = round(train(teacher, st["teacher_width"], st["teacher_size"],
+                                                          st["teacher_epochs"], st["teacher_steps"],
+                                                          ["--backbone-weights", teacher_weights] + freeze), 1)
         convert("dense int8", teacher, ["--sparsity", "0"], kind="dense", keep_ratio=1.0, distilled=False)
 
         # The students first: they need only edge train's distillation, so a convert without channel
         # pruning yet still measures them.
-        student_args = (st["student_width"], st["student_size"], st["student_epochs"], st["student_steps"])
-        alone, taught = work / "runs" / "student", work / "runs" / "student_distilled"
-        train(alone, *student_args, ["--backbone-weights", "none"])
-        train(taught, *student_args, ["--backbone-weights", "none", "--teacher", str(teacher),
-                                      "--distill-weight", "1.0", "--temperature", "2.0"])
-        for name, run, distilled in (("student int8", alone, False), ("student distilled int8", taught, True)):
-            convert(name, run, ["--sparsity", "0"], kind="student", keep_ratio=1.0, distilled=distilled)
+        if not args.no_students:
+            student_args = (st["student_width"], st["student_size"], st["student_epochs"], st["student_steps"])
+            alone, taught = work / "runs" / "student", work / "runs" / "student_distilled"
+            train(alone, *student_args, ["--backbone-weights", "none"])
+            train(taught, *student_args, ["--backbone-weights", "none", "--teacher", str(teacher),
+                                          "--distill-weight", "1.0", "--temperature", "2.0"])
+            for name, run, distilled in (("student int8", alone, False), ("student distilled int8", taught, True)):
+                convert(name, run, ["--sparsity", "0"], kind="student", keep_ratio=1.0, distilled=distilled)
 
         for keep in keep_ratios:
-            for weight in (1, 0):
+            for weight in args.distill_weights:
                 tuned = keep == 1.0  # nothing removed: the equal-steps control
                 name = (f"dense + {st['channel_steps']} steps" if tuned else f"pruned keep {keep:.2f}") \
                     + (" distilled" if weight else "")
                 convert(name, teacher, ["--sparsity", "0", "--prune-channels", f"{1 - keep:.2f}",
-                                        "--channel-steps", str(st["channel_steps"]), "--distill-weight", str(weight)],
+                                        "--channel-steps", str(st["channel_steps"]), "--distill-weight", f"{weight:g}"],
                         kind="tuned" if tuned else "pruned", keep_ratio=keep, distilled=bool(weight))
     except CommandFailed as exc:
         failed = exc
