@@ -285,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         if settings["teacher_width"] == 1.0:
             print(f"note: {DEFAULT_EXPORT} not found; the teacher starts from a random backbone")
 
+    if args.teacher_run is not None:
+        if not (args.teacher_run / "config.json").is_file():
+            ap.error(f"--teacher-run {args.teacher_run}: not a trained run directory (no config.json)")
+        if args.teacher_run.resolve().is_relative_to((work / "runs").resolve()):
+            ap.error(f"--teacher-run {args.teacher_run}: inside {work / 'runs'}, which this run clears first; "
+                     "move it or use another --work-dir")
+
     started = time.perf_counter()
     load_start = load_average()
     log = Log()
