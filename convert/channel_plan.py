@@ -75,29 +75,50 @@ def int8_bytes(model, samples: np.ndarray) -> bytes:
     return bytes(converter.convert())
 
 
+# Timing budget per model: the probes differ by a few tenths of a millisecond, so the noise of a
+# shared machine must average out. With 30 invokes in rounds of 5 the fixed-order rounds showed the
+# model timed first as slower, and two stages at half width as slower than the dense network (one
+# conversion on 2 cores: 2.57 ms dense, 2.70 and 2.67 ms for the narrower probes, 2.09 ms dense
+# minutes later). Now each round lasts long enough to be warm, its first invokes after the switch
+# from another model are dropped, the order rotates, and every model gets at least this much time.
+TIMING_ROUNDS = 8
+ROUND_SECONDS = 0.05
+SWITCH_INVOKES = 2  # invokes dropped after switching models: caches hold the previous one's weights
+WARMUP_INVOKES = 10  # the first invokes pay for XNNPACK's weight packing and cold pages
+
+
 def time_interleaved(models: list[bytes], runs: int, num_threads: int | None) -> list[float]:
-    """Median ``invoke()`` ms of each model, timed round-robin so load changes hit all of them."""
+    """Median ``invoke()`` ms of each model, timed round-robin so load changes hit all of them.
+
+    ``runs`` is the least number of kept invokes per model; rounds are also made at least
+    :data:`ROUND_SECONDS` long, and the order of the models rotates from round to round.
+    """
     from edge.backends.tflite import load_interpreter
 
     with tempfile.TemporaryDirectory(prefix="edge-latency-") as folder:
-        interpreters = []
+        interpreters, per_round = [], []
         for i, data in enumerate(models):
             path = Path(folder) / f"probe_{i}.tflite"
             path.write_bytes(data)
             interpreter, _ = load_interpreter(path, None, num_threads, allocate=True)
             detail = interpreter.get_input_details()[0]
             interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
-            for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(WARMUP_INVOKES):
                 interpreter.invoke()
+            warm_s = (time.perf_counter() - start) / WARMUP_INVOKES
             interpreters.append(interpreter)
+            per_round.append(max(math.ceil(runs / TIMING_ROUNDS), math.ceil(ROUND_SECONDS / max(warm_s, 1e-6))))
         times = [[] for _ in models]
-        rounds = max(3, runs // 5)
-        for _ in range(rounds):
-            for i, interpreter in enumerate(interpreters):
-                for _ in range(5):
+        for r in range(TIMING_ROUNDS):
+            for k in range(len(interpreters)):
+                i = (k + r) % len(interpreters)
+                interpreter = interpreters[i]
+                for n in range(SWITCH_INVOKES + per_round[i]):
                     start = time.perf_counter()
                     interpreter.invoke()
-                    times[i].append((time.perf_counter() - start) * 1000.0)
+                    if n >= SWITCH_INVOKES:
+                        times[i].append((time.perf_counter() - start) * 1000.0)
     return [float(np.median(t)) for t in times]
 
 
