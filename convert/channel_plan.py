@@ -10,7 +10,8 @@ groups by their width-dependent MACs, giving every group a measured cost in ms p
 
 Then a greedy pass removes channels 8 at a time (the vector width the int8 kernels favour) from
 the group where the next 8 cost the least importance per ms saved (importance as a fraction of the
-group's total, from :func:`convert.channels.channel_importance`), until the asked fraction of
+group's total, from :func:`convert.channels.channel_importance`; no group below
+:func:`keep_floor` of the network's fraction at that point), until the asked fraction of
 channels is gone or the predicted latency reaches the target. A latency target is then checked on
 the real narrowed model; when the prediction was optimistic the target is tightened by the
 measured error and the choice redone (at most :data:`MAX_LATENCY_ROUNDS` times).
@@ -36,6 +37,13 @@ UNIT = 8
 # high-resolution layers, cut the stem to 4 channels and the first bottleneck to 2 (measured: a
 # 0.35-width run kept 0.29 -> 0.03 mAP@0.5 after 40 fine-tuning steps at R = 0.5).
 MIN_KEEP_FRACTION = 0.25
+# And no group much narrower than the network as a whole at that point of the pass: keeping 62% of
+# the channels under the quarter floor alone, the chooser cut the stem and blocks 1-3 and 11-13 to a
+# quarter (where a channel buys the most time), and that bottleneck cost the fine-tuned int8 model
+# 6.6 mAP@0.5 points on the hard synthetic task; with every group kept at >= 0.8 of the network's
+# fraction it lost 4.3, at 0.54x the dense invoke time instead of 0.48x (README, "Channel pruning";
+# benchmarks/compression_frontier.py, 1,800 fine-tuning steps).
+FLOOR_SPREAD = 0.8
 MAX_LATENCY_ROUNDS = 3
 PROBE_KEEP = 0.5
 
@@ -170,8 +178,13 @@ def _unit(channels: int) -> int:
     return UNIT if channels >= 4 * UNIT else max(1, channels // 4)
 
 
-def _min_keep(channels: int) -> int:
-    return min(channels, max(UNIT, math.ceil(channels * MIN_KEEP_FRACTION)))
+def _min_keep(channels: int, floor: float = MIN_KEEP_FRACTION) -> int:
+    return min(channels, max(UNIT, math.ceil(channels * floor)))
+
+
+def keep_floor(network_fraction: float) -> float:
+    """The least fraction of its channels a group keeps while the network keeps ``network_fraction``."""
+    return max(MIN_KEEP_FRACTION, FLOOR_SPREAD * network_fraction)
 
 
 def choose_widths(groups, importance, table: LatencyTable, remove_fraction: float | None = None,
@@ -184,10 +197,13 @@ def choose_widths(groups, importance, table: LatencyTable, remove_fraction: floa
     share = {name: s / max(s.sum(), 1e-12) for name, s in order.items()}
     removed = {g.name: 0 for g in groups}
     heap = []
+    waiting = set()  # groups at the floor; it falls as the network narrows, and they may go on
 
     def push(group):
         name, unit = group.name, _unit(group.channels)
-        if keep[name] - unit < _min_keep(group.channels):
+        network_after = (total - sum(removed.values()) - unit) / total
+        if keep[name] - unit < _min_keep(group.channels, keep_floor(network_after)):
+            waiting.add(name)
             return
         lost = float(share[name][removed[name]:removed[name] + unit].sum())
         gained = table.ms_per_channel[name] * unit
@@ -210,6 +226,9 @@ def choose_widths(groups, importance, table: LatencyTable, remove_fraction: floa
         keep[name] -= unit
         removed[name] += unit
         push(by_name[name])
+        for other in list(waiting - {name}):
+            waiting.discard(other)
+            push(by_name[other])
     return keep
 
 
@@ -264,7 +283,8 @@ def prune_channels(model, images: np.ndarray, remove_fraction: float | None, lat
     record = {
         "importance": "mean |activation - mean| at each consumer x consumer weight L2 norm, on "
                       f"{len(images)} images; removed channels' means folded into the consumer's bias",
-        "chooser": "greedy by importance lost per measured int8 ms saved (latency probes per stage)",
+        "chooser": "greedy by importance lost per measured int8 ms saved (latency probes per stage); "
+                   f"no group under {FLOOR_SPREAD:g} of the network's kept fraction, nor {MIN_KEEP_FRACTION:g}",
         "remove_fraction": remove_fraction, "latency_target": latency_fraction,
         "channels": {"prunable": total, "kept": kept_total, "removed_fraction": round(1 - kept_total / total, 4)},
         "groups": [{"name": g.name, "dense": g.channels, "kept": int(widths[g.name])} for g in groups],

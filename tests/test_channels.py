@@ -130,8 +130,11 @@ def test_ratio_zero_reproduces_the_model_and_a_ratio_narrows_it():
     total = sum(g.channels for g in groups)
     removed = total - sum(widths.values())
     assert 0.5 * total <= removed < 0.5 * total + channel_plan.UNIT
+    # No group much narrower than the network: at half the channels, none under 0.8 x 0.5 of its own.
+    floor = channel_plan.keep_floor(sum(widths.values()) / total)
+    assert floor == pytest.approx(0.4, abs=0.01)
     for g in groups:
-        assert channel_plan._min_keep(g.channels) <= widths[g.name] <= g.channels
+        assert channel_plan._min_keep(g.channels, floor) <= widths[g.name] <= g.channels
     kept = {g.name: channels.keep_indices(importance[g.name]["score"], widths[g.name]) for g in groups}
     narrow = channels.narrow_model(model, groups, kept, importance)
     for g in groups:
@@ -144,6 +147,8 @@ def test_ratio_zero_reproduces_the_model_and_a_ratio_narrows_it():
     by_latency = channel_plan.choose_widths(groups, importance, table, latency_ms=target)
     predicted = table.predict({g.name: g.channels - by_latency[g.name] for g in groups})
     assert floor < predicted <= target
+    latency_floor = channel_plan.keep_floor(sum(by_latency.values()) / total)
+    assert all(channel_plan._min_keep(g.channels, latency_floor) <= by_latency[g.name] for g in groups)
 
 
 # ---------------------------------------------------------------- edge convert --prune-channels
