@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from convert.convert_options import DEFAULT_CHANNEL_STEPS
 
     parser.add_argument("--channel-steps", type=int, default=DEFAULT_CHANNEL_STEPS,
-                        help=f"fine-tuning steps after channel pruning (default {DEFAULT_CHANNEL_STEPS})")
+                        help=f"fine-tuning steps after channel pruning (default {DEFAULT_CHANNEL_STEPS}; "
+                             "removing 40%% of a converged 2,000-step run needed 1800 to lose under 1.5 "
+                             "mAP@0.5 points, README)")
     parser.add_argument("--channel-lr", type=float, default=None, metavar="LR",
                         help="peak learning rate of that fine-tuning (default: the rate the run was trained at, "
                              "from its config.json; 2e-3 for sources without one)")
