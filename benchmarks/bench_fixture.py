@@ -8,6 +8,7 @@ counts); then the project's targets (benchmarks/targets.py), met or missed. Run 
 
     .venv/bin/python benchmarks/bench_fixture.py            # ~5-10 min on 2 shared cores
     .venv/bin/python benchmarks/bench_fixture.py --frames 300 --out /tmp/quick
+    .venv/bin/python benchmarks/bench_fixture.py --detectors 2 --name bench_fixture_detectors2
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--threads", type=lambda s: s if s == "auto" else int(s), default="auto",
                         help="interpreter threads, or auto (default, as edge bench and edge run)")
+    parser.add_argument("--detectors", type=lambda s: s if s == "auto" else int(s), default="auto",
+                        help="ours runs this many copies of the model, frames in turn (edge run --detectors K); "
+                             "auto (default) as edge run's")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="bench_fixture")
     args = parser.parse_args()
     settings = BenchSettings(models=[args.model], source=args.source, frames=args.frames, warmup=args.warmup,
-                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds)
+                             mem_frames=args.mem_frames, threads=args.threads, rounds=args.rounds,
+                             detectors=args.detectors)
     report = run_and_write(settings, args.out, args.name, "benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
     print_targets(report)
     return 0

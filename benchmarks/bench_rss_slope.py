@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.bench.pipelines import OursLoop  # noqa: E402
+from edge.bench.pipelines import OursLoop, OursTurnsLoop  # noqa: E402
 from edge.bench.progress import Progress  # noqa: E402
 from edge.bench.run import new_run, timed_chunk, traced, warm_up  # noqa: E402
 from edge.bench.settings import BenchSettings  # noqa: E402
@@ -81,12 +81,13 @@ def measure(args: argparse.Namespace) -> tuple[dict, object]:
     settings.validate()
     rss_start = rss_bytes()
     detector = Detector(args.model, num_threads=args.threads)
+    detectors = [detector] + [detector.twin(args.threads) for _ in range(args.detectors - 1)]
     rss_loaded = rss_bytes()
     source = open_source(args.source, loop=True)
     settings = settings.resolved(source)
     progress = Progress(args.warmup + args.frames + settings.traced_warmup + args.mem_frames)
     run = new_run("ours", settings)
-    loop = OursLoop(detector, source)
+    loop = OursLoop(detector, source) if args.detectors == 1 else OursTurnsLoop(detectors, source)
     started = time.time()
     try:
         warm_up(run, loop, settings, progress)
@@ -102,6 +103,7 @@ def measure(args: argparse.Namespace) -> tuple[dict, object]:
         "benchmark": "bench_rss_slope",
         "command": "benchmarks/bench_rss_slope.py " + " ".join(sys.argv[1:]),
         "model": args.model.name, "source": args.source, "runtime": detector.runtime_info.describe(),
+        "detectors": args.detectors,
         "frames": run.frames, "seconds": round(run.seconds, 1), "fps": round(run.fps, 2),
         "frames_dropped": run.dropped,
         "rss": {**run.rss.summary(), "at_start_bytes": rss_start, "after_model_load_bytes": rss_loaded,
@@ -125,7 +127,9 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=50, help="RSS sample every N frames")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--mem-frames", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="interpreter threads (of each detector)")
+    parser.add_argument("--detectors", type=int, default=1,
+                        help="copies of the model taking the frames in turn (edge run --detectors K)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="bench_rss_slope")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON and CSV")

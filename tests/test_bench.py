@@ -243,6 +243,11 @@ def test_auto_threads_choose_ours_end_to_end_and_compare_the_baseline_at_its_bes
     assert usual["fps"] == pytest.approx(max(usual["fps_by_threads"].values()), rel=1e-3)
     assert r["runtime"]["bare_threads"] == candidates[0]
     if len(candidates) > 1:
+        from edge.detector.threads import layout_candidates
+
         auto = r["runtime"]["threads_auto"]
-        assert auto["chosen"] == r["runtime"]["threads"] and auto["chosen"] in candidates
-        assert set(auto["fps_by_threads"]) == {str(c) for c in candidates}
+        layouts = {layout.key: layout for layout in layout_candidates()}
+        assert set(auto["fps_by_layout"]) == set(layouts), "every thread count, and two detectors in turn"
+        chosen = layouts[auto["chosen"]]
+        assert (r["runtime"]["threads"], r["runtime"]["detectors"]) == (chosen.threads, chosen.detectors)
+        assert (auto["threads"], auto["detectors"]) == (chosen.threads, chosen.detectors)

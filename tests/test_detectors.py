@@ -126,7 +126,7 @@ def test_cli_detectors_option(tmp_path):
         assert [r["frame"] for r in records if r["camera"] == name] == list(range(sum(r["camera"] == name
                                                                                       for r in records)))
     for args, words in [(["--config", config, "--detectors", "3"], "--detectors 3: more than the 2 cameras"),
-                        (["--detectors", "2"], "--detectors shares the cameras of --config"),
+                        (["--detectors", "2", "--capture", "inline"], "drop --capture inline"),
                         (["--config", config, "--detectors", "0"], "--detectors")]:
         result = _edge("run", *args, "--max-frames", "1")
         last = result.stderr.strip().splitlines()[-1]

@@ -209,8 +209,9 @@ def test_unavailable_provider_from_the_shell_has_no_traceback(tiny):
 
 @NO_CUDA
 def test_cpu_fallback_warns_once_and_the_start_line_says_where_it_runs(tiny):
-    # 200 frames: --threads auto measures (reopening the session with the same options) and settles
-    proc = edge("run", tiny, "--providers", "cuda,cpu", "--max-frames", "200", "--stats-every", "0")
+    # 300 frames: --threads auto measures (reopening the session with the same options, and a second
+    # copy of it for two detectors in turn) and settles
+    proc = edge("run", tiny, "--providers", "cuda,cpu", "--max-frames", "300", "--stats-every", "0")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     start = next(line for line in lines if line.startswith("edge run: model "))
@@ -242,8 +243,8 @@ def test_backend_names_the_engine_as_runtime_does(tiny, image, capsys):
 
 
 def test_threads_are_not_tuned_on_a_gpu_device():
-    from edge.bench.run import tune_threads
-    from edge.detector.threads import untuned_reason
+    from edge.bench.run import tune_layout
+    from edge.detector.threads import layout_candidates, untuned_reason
 
     assert untuned_reason(BackendInfo("onnxruntime", "1", 2)) is None
     assert untuned_reason(BackendInfo("onnxruntime", "1", 2, device="cuda")) == "running on CUDA"
@@ -255,7 +256,9 @@ def test_threads_are_not_tuned_on_a_gpu_device():
         def set_threads(self, n):
             raise AssertionError("a GPU run must not reopen its session to measure threads")
 
-    assert tune_threads(OnCuda(), loop=None, candidates=[2, 1], progress=None) is None
+    on_cuda = OnCuda()
+    tuning, loop, detectors = tune_layout(on_cuda, "the loop", layout_candidates(2), settings=None, progress=None)
+    assert tuning is None and loop == "the loop" and detectors == [on_cuda]
 
 
 @NEEDS_CUDA

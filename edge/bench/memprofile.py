@@ -185,6 +185,16 @@ class FrameMemoryProbe:
         # After the readings, so the /proc read's own allocations fall outside every frame.
         self._rss.maybe_sample(i)
 
+    def set_growth(self, first: int, stop: int, total: int) -> None:
+        """Replace the growth of frames ``first`` to ``stop - 1`` with ``total`` bytes measured around
+        all of them at once, put on the last (for steps that overlap, where a frame's own end is not a
+        point at which nothing is in flight: ``edge bench`` with several detectors)."""
+        stop = min(stop, self.count)
+        if stop <= first:
+            return
+        self._growth[first:stop] = self.floor_growth
+        self._growth[stop - 1] += total
+
     def run(self, step: Callable[[], object], frames: int, warmup: int = 0) -> "FrameMemoryProbe":
         """Call ``step()`` ``warmup`` times traced but unrecorded, then ``frames`` times measured.
 

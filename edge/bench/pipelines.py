@@ -4,6 +4,9 @@
   into its ring (:class:`~edge.live.capture.Capture`; on one usable core a source that is not live
   is read on the loop's thread, :mod:`edge.live.inline_capture`, as ``edge run`` does), and the frame goes through
   :func:`~edge.detector.step.run_frame`, the step ``edge run``'s loop uses, then the sinks;
+- :class:`OursTurnsLoop`: the same with several detectors (``edge run --detectors K``): they take the
+  frames in turn on threads of their own (:class:`~edge.live.turns.FrameTurns`), a chunk at a time
+  (:meth:`OursTurnsLoop.frames`), waiting between chunks so the other pipelines' rounds run alone;
 - :class:`BaselineLoop`: the usual pipeline (:mod:`edge.bench.baseline`) reading the same source
   synchronously on the one thread, through the same :func:`~edge.detector.step.run_frame`;
 - :class:`BareLoop`: ``invoke()`` alone on a second backend of the same model whose input holds a
@@ -76,6 +79,74 @@ class OursLoop:
         return self.capture.counters.frames_dropped
 
     def close(self) -> None:
+        self.capture.stop()
+
+
+class OursTurnsLoop:
+    """Several detectors of one model over a capture thread's frames, results in frame order, as
+    ``edge run --detectors K`` runs them (the hand-on here is the sinks)."""
+
+    def __init__(self, detectors: Sequence, source: Source, sinks: Sequence[Sink] = ()) -> None:
+        from edge.live.capture import Capture
+        from edge.live.turns import FrameTurns, ring_slots
+
+        self.detector = detectors[0]
+        self.sinks = list(sinks)
+        self.capture_how = f"on a thread of its own, beside {len(detectors)} detectors taking the frames in turn"
+        self.capture = Capture(source, prepare=self.detector.buffer.resize, slots=ring_slots(len(detectors)))
+        if source.frame_shape:
+            self.capture.presize(source.frame_shape)
+            for detector in detectors:
+                detector.buffer.presize(source.frame_shape)
+        self._times: StageTimes | None = None
+        self._each = None
+        self.turns = FrameTurns(detectors, self.capture, self._hand_on, limit=0, name="edge-bench-detector")
+        self.capture.start()
+        self.turns.start()
+
+    def _hand_on(self, frame: Frame, detections, bad, seconds) -> None:
+        from edge.live.turns import FRAME_STAGES
+
+        if detections is None:
+            return
+        times = self._times
+        for i, stage in enumerate(FRAME_STAGES):
+            times.record(stage, seconds[i])
+        t0 = time.perf_counter()
+        for sink in self.sinks:
+            sink.write(frame, detections, None)
+        times.record("sinks", time.perf_counter() - t0)
+        if self._each is not None:
+            self._each()
+
+    def frames(self, count: int, times: StageTimes, each=None) -> int:
+        """Run ``count`` more frames (``each()`` after each, in order); how many came before the
+        source ended or stalled for :data:`GET_TIMEOUT` seconds."""
+        turns = self.turns
+        self._times, self._each = times, each
+        before = turns.handed
+        turns.set_limit(before + count)
+        last, since = before, time.monotonic()
+        while not turns.settled():
+            turns.wait(0.25)
+            if turns.handed != last:
+                last, since = turns.handed, time.monotonic()
+            elif time.monotonic() - since > GET_TIMEOUT:
+                break
+        if turns.error is not None:
+            raise turns.error
+        self._each = None
+        return turns.handed - before
+
+    def frame(self, times: StageTimes) -> bool:
+        return self.frames(1, times) == 1
+
+    @property
+    def dropped(self) -> int:
+        return self.capture.counters.frames_dropped
+
+    def close(self) -> None:
+        self.turns.stop()
         self.capture.stop()
 
 

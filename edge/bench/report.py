@@ -95,13 +95,24 @@ def _settings_line(report: dict) -> str:
             f"(after {s['traced_warmup']} traced warm-up frames)")
 
 
+def _layout_words(key: str) -> str:
+    """``"2"`` -> ``2 threads``, ``"2x1"`` -> ``2 detectors x 1 thread`` (see ``Layout.key``)."""
+    detectors, _, threads = key.rpartition("x")
+    words = f"{threads} thread{'s' if threads != '1' else ''}"
+    return f"{detectors} detectors x {words}" if detectors else words
+
+
 def threads_text(r: dict) -> str:
     """Which thread counts ran: ours (chosen end to end, or given), the baseline's best, bare invoke()."""
     rt = r["runtime"]
     text = f"ours {rt['threads']} thread(s)"
+    if rt.get("detectors", 1) > 1:
+        further = r.get("rss", {}).get("further_detectors_load_delta_bytes")
+        cost = f", the further {rt['detectors'] - 1} +{further / 2**20:.1f} MB RSS" if further is not None else ""
+        text = f"ours {rt['detectors']} detectors of {rt['threads']} thread(s) each, frames in turn{cost}"
     auto = rt.get("threads_auto")
     if auto:
-        measured = ", ".join(f"{n}: {fps:.1f} fps" for n, fps in auto["fps_by_threads"].items())
+        measured = ", ".join(f"{_layout_words(key)} {fps:.1f} fps" for key, fps in auto["fps_by_layout"].items())
         text += f" (auto, measured end to end: {measured})"
     base = r.get(BASELINE)
     if base and base.get("fps_by_threads"):
@@ -155,7 +166,9 @@ _DEFINITIONS = (
     "*growth/frame*: net Python heap growth per frame (tracemalloc; least-squares trend of the cumulative "
     "growth over the traced frames; the mean is in the per-model table); negative means memory was returned. "
     "*transient/frame*: median peak above the frame's start/end level, i.e. bytes allocated and freed "
-    "within the frame. *RSS slope*: least-squares bytes per frame over the timed frames. "
+    "within the frame. With several detectors taking the frames in turn, a frame is the span between two "
+    "hand-ons and the growth is read every 25 frames, when every worker is idle (it is put on the last of "
+    "them). *RSS slope*: least-squares bytes per frame over the timed frames. "
     "Ours runs capture on its own thread (as `edge run` does); the usual pipeline reads synchronously, "
     "as the examples do. Growth in the usual pipeline over a short run can be numpy's caches of small "
     "blocks (shape arrays) being refilled under tracing: bounded, smaller per frame the longer the run, "

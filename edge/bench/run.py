@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from edge.bench import BASELINE, OURS
 from edge.bench.memprofile import FrameMemoryProbe, MemoryProfile
-from edge.bench.pipelines import BareLoop, BaselineLoop, OursLoop
+from edge.bench.pipelines import BareLoop, BaselineLoop, OursLoop, OursTurnsLoop
 from edge.bench.progress import Progress
 from edge.bench.settings import BenchSettings
 from edge.detector.stages import STAGES, StageTimes
@@ -37,8 +38,10 @@ from edge.errors import EdgeError
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes
 from edge.provenance import command_line, machine_info
 
-REPORT_FORMAT = 2  # "edgekit_bench" in the JSON; 2: figures and ratios only, one RSS figure for the model load
+REPORT_FORMAT = 3  # "edgekit_bench" in the JSON; 2: figures and ratios only, one RSS figure for the model load;
+# 3: ours' layout (runtime.detectors, threads_auto.fps_by_layout keyed "2" / "2x1")
 SCRATCH_FRAMES = 64  # ring size for the stage times of unrecorded (warm-up) frames
+GROWTH_CHUNK = 25  # several detectors: frames between the idle points at which heap growth is read
 
 
 def stage_summary(times: StageTimes) -> dict:
@@ -118,12 +121,22 @@ def timed_chunk(run: PipelineRun, loop, frames: int, progress: Progress) -> None
     first = run.frames
     done = 0
     start = time.perf_counter()
-    for i in range(first, first + frames):
-        if not loop.frame(run.times):
-            break
-        done += 1
-        sampler.maybe_sample(i)
-        progress.tick(i - first, frames)
+    if hasattr(loop, "frames"):  # several detectors: a chunk at a time, RSS sampled as each frame is handed on
+        index = [first]
+
+        def each() -> None:
+            sampler.maybe_sample(index[0])
+            progress.tick(index[0] - first, frames)
+            index[0] += 1
+
+        done = loop.frames(frames, run.times, each)
+    else:
+        for i in range(first, first + frames):
+            if not loop.frame(run.times):
+                break
+            done += 1
+            sampler.maybe_sample(i)
+            progress.tick(i - first, frames)
     run.seconds += time.perf_counter() - start
     run.frames += done
     run.dropped += loop.dropped - dropped_before
@@ -140,6 +153,25 @@ def traced(run: PipelineRun, loop, frames: int, progress: Progress, warmup: int)
     scratch = StageTimes(run.times.stages, capacity=SCRATCH_FRAMES)
     traced_times = StageTimes(run.times.stages, capacity=frames)
     with probe:
+        if hasattr(loop, "frames"):
+            # Several detectors: the transient is read per span between two hand-ons; the growth at
+            # points where every worker is idle (between chunks), as a frame's end is not one.
+            loop.frames(warmup, scratch)
+            begin, end = probe.begin, probe.end
+
+            def each() -> None:
+                end()
+                begin()
+
+            begin()
+            for start in range(0, frames, GROWTH_CHUNK):
+                first, level = probe.count, tracemalloc.get_traced_memory()[0]
+                loop.frames(min(GROWTH_CHUNK, frames - start), traced_times, each)
+                probe.set_growth(first, probe.count, tracemalloc.get_traced_memory()[0] - level)
+                progress.tick(start, frames)
+            profile = probe.profile()
+            run.memory, run.memory_profile = profile.summary(), profile
+            return
         for i in range(warmup):
             loop.frame(scratch)
             progress.tick(i, warmup)
@@ -188,23 +220,67 @@ def thread_plan(settings: BenchSettings) -> list[int]:
     return [settings.threads or usable_cores()]
 
 
-def tune_threads(detector, loop, candidates: list[int], progress: Progress) -> dict | None:
-    """Let :class:`~edge.detector.threads.ThreadTuner` pick ours' thread count on ``loop``'s frames
-    (not on a GPU, where the CPU threads hardly matter: see :func:`~edge.detector.threads.untuned_reason`)."""
-    from edge.detector.threads import untuned_reason
+def detector_threads(settings: BenchSettings) -> int:
+    """Interpreter threads for each of ours' detectors when there are several: ``--threads N``,
+    or under ``auto`` the usable cores shared out (as ``edge run --detectors K``)."""
+    from edge.provenance import usable_cores
 
-    if len(candidates) < 2 or untuned_reason(detector.runtime_info):
-        return None
-    from edge.detector.threads import ThreadTuner
+    if isinstance(settings.threads, int):
+        return settings.threads
+    return max(1, usable_cores() // int(settings.detectors))
 
+
+def tune_layout(detector, loop, layouts: list, settings: BenchSettings, progress: Progress):
+    """Let :class:`~edge.detector.threads.ThreadTuner` pick ours' layout (thread count, and where
+    offered two detectors taking the frames in turn) on real frames, as ``edge run`` does; not on a
+    GPU, where the CPU threads hardly matter (:func:`~edge.detector.threads.untuned_reason`).
+
+    Returns ``(tuning, loop, detectors)``: what was measured (``None`` when nothing was), the loop
+    ours runs from now on and its detectors. Single-detector trials run on ``loop``; the others on
+    an :class:`~edge.bench.pipelines.OursTurnsLoop` of their own, opened for the first such trial.
+    """
+    from edge.detector.threads import ThreadTuner, untuned_reason
+    from edge.live.sources import open_source
+
+    if len(layouts) < 2 or untuned_reason(detector.runtime_info):
+        return None, loop, [detector]
     progress.describe(f"{OURS}: choosing threads")
-    tuner = ThreadTuner(detector, candidates)
+    tuner = ThreadTuner(lambda layout: None, layouts)  # the trials are switched here, between calls
     scratch = StageTimes(STAGES, capacity=SCRATCH_FRAMES)
-    while not tuner.done:
-        if not loop.frame(scratch):
-            raise EdgeError("the source ended while the thread count was being measured; use a looping source")
-        tuner.frame_done()
-    return {"chosen": tuner.chosen, "fps_by_threads": {str(c): round(1.0 / m, 2) for c, m in tuner.medians.items()}}
+    turns_loop, twins = None, []
+    try:
+        while not tuner.done:
+            layout = tuner.current
+            detector.set_threads(layout.threads)  # every loop is paused between trials
+            if layout.detectors == 1:
+                if not loop.frame(scratch):
+                    raise EdgeError("the source ended while the thread count was being measured; use a looping source")
+                tuner.frame_done()
+                continue
+            if turns_loop is None:
+                rss_before = rss_bytes()
+                twins = [detector.twin(layout.threads) for _ in range(layout.detectors - 1)]
+                twins_rss = rss_bytes() - rss_before
+                turns_loop = OursTurnsLoop([detector] + twins, open_source(settings.source, loop=True))
+            left = tuner.frames_left_in_trial
+            if turns_loop.frames(left, scratch, tuner.frame_done) < left:
+                raise EdgeError("the source ended while the thread count was being measured; use a looping source")
+    except BaseException:
+        if turns_loop is not None:
+            turns_loop.close()
+        raise
+    chosen = tuner.chosen
+    detector.set_threads(chosen.threads)
+    tuning = {"chosen": chosen.key, "detectors": chosen.detectors, "threads": chosen.threads,
+              "fps_by_layout": {c.key: round(1.0 / m, 2) for c, m in tuner.medians.items()}}
+    if twins:
+        tuning["further_detectors_rss_bytes"] = twins_rss
+    if chosen.detectors > 1:
+        loop.close()
+        return tuning, turns_loop, [detector] + twins
+    if turns_loop is not None:
+        turns_loop.close()
+    return tuning, loop, [detector]
 
 
 def load_measured(model: Path, settings: BenchSettings, threads: int | None = None):
@@ -246,19 +322,31 @@ def open_baseline(detector, settings: BenchSettings, threads: int):
     return baseline, None
 
 
-def measure(detector, baselines: dict[int, object], bare_backend, candidates: list[int], settings: BenchSettings,
+def measure(detectors: list, baselines: dict[int, object], bare_backend, layouts: list, settings: BenchSettings,
             progress: Progress) -> tuple[dict[str, PipelineRun], dict | None]:
-    """Thread choice, warm-up, the timed rounds (bare, ours, the baseline at each thread count,
-    interleaved), then the traced frames of ours and of the fastest baseline."""
+    """Layout choice, warm-up, the timed rounds (bare, ours, the baseline at each thread count,
+    interleaved), then the traced frames of ours and of the fastest baseline. Ours runs
+    ``detectors[0]`` with its layout measured among ``layouts`` (:func:`tune_layout`), or all of
+    ``detectors`` in turn when given several (not tuned). ``result["detectors"]``: those ours ran."""
     from edge.live.sources import open_source
 
+    detector = detectors[0]
     bare = BareLoop(bare_backend)
     pipelines: list[tuple[PipelineRun, object]] = [(new_run("bare", settings, ("invoke",)), bare)]
     tuning = None
     try:
-        ours_loop = OursLoop(detector, open_source(settings.source, loop=True), capture=settings.capture)
+        if len(detectors) > 1:
+            ours_loop = OursTurnsLoop(detectors, open_source(settings.source, loop=True))
+        else:
+            ours_loop = OursLoop(detector, open_source(settings.source, loop=True), capture=settings.capture)
+            layouts = layouts if ours_loop.capture_how.startswith("on a thread") else \
+                [layout for layout in layouts if layout.detectors == 1]
+            try:
+                tuning, ours_loop, detectors = tune_layout(detector, ours_loop, layouts, settings, progress)
+            except BaseException:
+                ours_loop.close()
+                raise
         pipelines.append((new_run(OURS, settings), ours_loop))
-        tuning = tune_threads(detector, ours_loop, candidates, progress)
         for threads, baseline in baselines.items():
             loop = BaselineLoop(baseline, open_source(settings.source, loop=True))
             pipelines.append((new_run(f"{BASELINE}@{threads}", settings), loop))
@@ -276,7 +364,8 @@ def measure(detector, baselines: dict[int, object], bare_backend, candidates: li
     finally:
         for _, loop in pipelines:
             loop.close()
-    result = {"bare": runs["bare"][0], OURS: runs[OURS][0], "capture": runs[OURS][1].capture_how}
+    result = {"bare": runs["bare"][0], OURS: runs[OURS][0], "capture": runs[OURS][1].capture_how,
+              "detectors": detectors}
     if best is not None:
         result[BASELINE] = best[0]
         result["baseline_by_threads"] = {name.split("@")[1]: round(run.fps, 3)
@@ -297,22 +386,35 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
     rss_start = rss_bytes()
     bare_backend, load_memory = load_measured(model, settings, candidates[0])
     rss_before = rss_bytes()
+    fixed = settings.detectors if isinstance(settings.detectors, int) else 1
+    ours_threads = candidates[0] if fixed == 1 else detector_threads(settings)
     detector = Detector(model, labels=settings.labels, score_threshold=settings.score_threshold,
-                        num_threads=candidates[0], runtime=runtime, backend_options=backend_options)
+                        num_threads=ours_threads, runtime=runtime, backend_options=backend_options)
     rss_loaded = rss_bytes()
+    detectors = [detector] + [detector.twin(ours_threads) for _ in range(fixed - 1)]
+    rss_all_loaded = rss_bytes()
     untuned = untuned_reason(detector.runtime_info) if len(candidates) > 1 else None
     baselines, skipped = {}, None
     for threads in candidates:
         baseline, skipped = open_baseline(detector, settings, threads)
         if baseline is not None:
             baselines[threads] = baseline
-    runs, tuning = measure(detector, baselines, bare_backend, candidates, settings, progress)
+    from edge.detector.threads import Layout, layout_candidates
+
+    if fixed > 1 or settings.threads != "auto":
+        layouts = [Layout(fixed, ours_threads)]
+    else:
+        layouts = layout_candidates(several=settings.detectors == "auto" and settings.capture != "inline")
+    runs, tuning = measure(detectors, baselines, bare_backend, layouts, settings, progress)
     capture_how = runs.pop("capture")
+    ran = runs.pop("detectors")
+    further = rss_all_loaded - rss_loaded if len(detectors) > 1 else (tuning or {}).get("further_detectors_rss_bytes")
     info = detector.backend.info
     result: dict = {"model": str(model), "model_name": model.name,
                     "runtime": {"name": info.name, "version": info.version, "threads": info.num_threads,
                                 "bare_threads": bare_backend.info.num_threads, "note": info.note,
-                                "threads_auto": tuning, "capture": capture_how, "device": info.device, "fallback": info.fallback,
+                                "threads_auto": tuning, "capture": capture_how,
+                                "detectors": len(ran), "device": info.device, "fallback": info.fallback,
                                 "warnings": list(info.warnings), "threads_not_tuned": untuned},
                     "interpreter_memory": load_memory, "head": detector.head, "input_size": list(detector.input_size)}
     if skipped:
@@ -326,7 +428,9 @@ def bench_model(model: Path, settings: BenchSettings, progress: Progress) -> dic
         result[BASELINE]["fps_by_threads"] = runs["baseline_by_threads"]
     result["rss"] = {"at_start_bytes": rss_start, "before_detector_bytes": rss_before,
                      "after_model_load_bytes": rss_loaded, "after_warmup_bytes": ours.rss_after_warmup,
-                     "detector_load_delta_bytes": rss_loaded - rss_before, "peak_rss_process_bytes": peak_rss_bytes()}
+                     "detector_load_delta_bytes": rss_loaded - rss_before,
+                     "further_detectors_load_delta_bytes": further if len(ran) > 1 else None,
+                     "peak_rss_process_bytes": peak_rss_bytes()}
     result["ratios"] = ratios(result)
     result["_runs"] = {OURS: ours, BASELINE: runs.get(BASELINE)}  # not JSON: for the plots
     return result

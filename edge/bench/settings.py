@@ -22,6 +22,9 @@ class BenchSettings:
     mem_frames: int | None = None  # traced frames (tracemalloc on)
     threads: int | str | None = "auto"  # "auto": ours measures its thread count end to end (edge run's default)
     capture: str = "auto"  # where ours reads: auto (edge run's rule), thread or inline
+    # ours runs this many copies of the model, frames in turn (edge run --detectors K); "auto": as edge
+    # run's, one, and with threads "auto" on several cores the tuner also tries two
+    detectors: int | str = "auto"
     runtime: str | None = None
     score_threshold: float = 0.5
     rss_every: int = 10
@@ -38,7 +41,8 @@ class BenchSettings:
         from edge.commands._args import onnx_options_from_args
 
         return cls(models=list(args.models), source=args.source, frames=args.frames, warmup=args.warmup,
-                   mem_frames=args.mem_frames, threads=args.threads, capture=args.capture, runtime=args.runtime,
+                   mem_frames=args.mem_frames, threads=args.threads, capture=args.capture,
+                   detectors=args.detectors, runtime=args.runtime,
                    score_threshold=args.score, rss_every=args.rss_every, traced_warmup=args.traced_warmup,
                    rounds=args.rounds, baseline=not args.no_baseline, labels=args.labels,
                    backend_options=onnx_options_from_args(args, list(args.models)))
@@ -68,12 +72,15 @@ class BenchSettings:
             raise EdgeError(f"--runtime {self.runtime}: picks the TFLite runtime of .tflite models, and every MODEL "
                             "here is .onnx (ONNX Runtime runs those; choose its providers with --providers)")
         minimum = {"frames": 2, "warmup": 0, "mem_frames": 1, "rss_every": 1, "traced_warmup": 0, "rounds": 1,
-                   "threads": 1}
+                   "threads": 1, "detectors": 1}  # "auto" strings pass
         for name, least in minimum.items():
             value = getattr(self, name)
             if isinstance(value, int) and value < least:
                 words = "0 or more" if least == 0 else f"at least {least}"
                 raise EdgeError(f"--{name.replace('_', '-')} {value}: must be {words}")
+        if isinstance(self.detectors, int) and self.detectors > 1 and self.capture == "inline":
+            raise EdgeError(f"--detectors {self.detectors} takes the frames in turn from a capture thread: "
+                            "drop --capture inline")
 
     @property
     def traced_frames(self) -> int:

@@ -84,6 +84,11 @@ def threads_or_auto(text: str) -> int | str:
     return THREADS_AUTO if text.strip().lower() == THREADS_AUTO else thread_count(text)
 
 
+def count_or_auto(text: str) -> int | str:
+    """``auto`` or a whole number of at least 1 (``--detectors``)."""
+    return THREADS_AUTO if text.strip().lower() == THREADS_AUTO else positive_int(text)
+
+
 def provider_list(text: str) -> tuple[str, ...]:
     """``--providers tensorrt,cuda,cpu``: known names, in preference order; an unknown one names what is available."""
     from edge.backends.onnx_providers import PROVIDERS, available_text, installed_providers

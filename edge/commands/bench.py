@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from edge.backends import TFLITE_RUNTIMES
-from edge.commands._args import CAPTURE_CHOICES, THREADS_AUTO, add_onnx_args, threads_or_auto, unit_interval
+from edge.commands._args import (CAPTURE_CHOICES, THREADS_AUTO, add_onnx_args, count_or_auto, threads_or_auto,
+                                 unit_interval)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where ours reads frames, as edge run --capture: auto (default: on the loop's thread "
                              "for a source that is not live on one usable core, else a thread of its own), thread, "
                              "inline")
+    parser.add_argument("--detectors", type=count_or_auto, default=THREADS_AUTO, metavar="K|auto",
+                        help="ours runs K copies of the model taking the frames in turn, as edge run --detectors K "
+                             "(with --threads auto, usable cores / K threads each); auto (default), as edge run's: "
+                             "with --threads auto on several cores the tuner also tries two")
     parser.add_argument("--runtime", "--backend", dest="runtime", choices=list(TFLITE_RUNTIMES) + ["onnxruntime"],
                         metavar="NAME", help=f"{', '.join(TFLITE_RUNTIMES)}: force the TFLite runtime of the .tflite models (ours, bare invoke() and the usual "
                              "pipeline alike); .onnx models run on ONNX Runtime (see --providers), and onnxruntime "

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from edge.commands._args import positive_int, threads_or_auto
+from edge.commands._args import THREADS_AUTO, count_or_auto, positive_int, threads_or_auto
 from edge.errors import EdgeError
 
 MIB = 2**20
@@ -62,9 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", type=source_size, default=(640, 480), metavar="WxH",
                         help="frame size of each camera (default 640x480)")
     parser.add_argument("--cameras", type=positive_int, default=1, metavar="N", help="cameras on one interpreter (default 1)")
-    parser.add_argument("--detectors", type=positive_int, default=1, metavar="K",
-                        help="copies of the model sharing the cameras, as edge run --config --detectors K "
-                             "(default 1; predicted, not measured by --measure)")
+    parser.add_argument("--detectors", type=count_or_auto, default=THREADS_AUTO, metavar="K|auto",
+                        help="copies of the model, as edge run --detectors K: taking one camera's frames in turn "
+                             "(two more ring frames each), or sharing --cameras N (predicted, not measured by "
+                             "--measure); auto (default), as edge run's: one, and with --threads auto, one "
+                             "camera and several cores the peak counts the tuner's trial of two")
     parser.add_argument("--threads", type=threads_or_auto, default="auto", metavar="N|auto",
                         help="interpreter threads as edge run takes them (default auto: the tuner briefly holds a "
                              "second interpreter)")
@@ -206,7 +208,10 @@ def main(args: argparse.Namespace) -> int:
     baseline = load_baseline(args.baseline) if args.baseline else load_baseline()
     width, height = args.source
     cores = usable_cores()
-    if args.detectors > args.cameras:
+    detectors_auto = args.detectors == THREADS_AUTO
+    if detectors_auto:
+        args.detectors = 1
+    if args.cameras > 1 and args.detectors > args.cameras:
         raise EdgeError(f"--detectors {args.detectors}: more than the {args.cameras} camera"
                         f"{'s' if args.cameras != 1 else ''} of --cameras (a camera's frames go through one detector "
                         "at a time)")
@@ -214,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgeError("--measure runs one detector: drop --detectors to check a prediction (an extra "
                         "detector's RSS is measured by benchmarks/detectors_throughput.py)")
     setup = Setup(width, height, args.cameras, args.threads, tuple(args.sinks), cores=cores,
-                  detectors=args.detectors)
+                  detectors=args.detectors, detectors_auto=detectors_auto)
     from edge.plan.graph import read_graph
 
     graphs = [(model, read_graph(model)) for model in args.models]  # every file checked before any output

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.commands._args import (CAPTURE_CHOICES, add_model_args, model_from_args, nonnegative_float, positive_float,
-                                 positive_int, unit_interval)
+from edge.commands._args import (CAPTURE_CHOICES, THREADS_AUTO, add_model_args, count_or_auto, model_from_args,
+                                 nonnegative_float, positive_float, positive_int, unit_interval)
 from edge.errors import EdgeError
 from edge.live.sources import DEFAULT_STALL_TIMEOUT
 
@@ -66,10 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help='several cameras sharing the model: {"cameras": [{"name": "door", "source": "rtsp://...", '
                              '"zones": "door.json"}, ...]} (.json, or .yaml with PyYAML); fair, latest frame wins')
-    parser.add_argument("--detectors", type=positive_int, default=1, metavar="K",
-                        help="with --config: K copies of the model, each on its own thread, taking the cameras' "
-                             "frames from one fair scheduler (a camera's frames through one at a time, in order); "
-                             "with --threads auto each gets usable cores / K interpreter threads (default 1)")
+    parser.add_argument("--detectors", type=count_or_auto, default=THREADS_AUTO, metavar="K|auto",
+                        help="K copies of the model, each on its own thread: with one --source they take its frames "
+                             "in turn and the results go on in frame order (more frames a second where one "
+                             "interpreter cannot keep the cores busy; each copy costs its interpreter's memory, "
+                             "see edge plan --detectors); with --config they share the cameras through one fair "
+                             "scheduler. With --threads auto each gets usable cores / K interpreter threads. "
+                             "auto (default): one, or with --threads auto and one --source on several cores, two "
+                             "with half the cores each when measured at least 5%% faster end to end")
     parser.add_argument("--clips", type=Path, metavar="DIR",
                         help="write a clip around each enter/cross event into DIR (needs --zones or --config zones)")
     parser.add_argument("--pre-roll", type=nonnegative_float, default=5.0, metavar="S",
@@ -269,12 +273,15 @@ def _run_cameras(args: argparse.Namespace, specs, detector, tracking: bool, high
 
 def main(args: argparse.Namespace) -> int:
     from edge.commands._args import THREADS_AUTO, detector_from_args, runtime_lines
-    from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, thread_candidates, untuned_reason
+    from edge.detector.threads import ROUNDS, SETTLE_FRAMES, TRIAL_FRAMES, Layout, layout_candidates, untuned_reason
     from edge.live.loop import LiveLoop
     from edge.live.preview import parse_bind
     from edge.live.sources import open_source_waiting
     from edge.provenance import usable_cores
 
+    detectors_auto = args.detectors == THREADS_AUTO
+    if detectors_auto:
+        args.detectors = 1
     if (args.token is not None or args.token_file is not None) and not args.preview:
         raise EdgeError("--token and --token-file are for the preview page: add --preview [HOST:]PORT")
     if args.video_segment is not None and not args.video:
@@ -284,9 +291,9 @@ def main(args: argparse.Namespace) -> int:
                                 ("--camera", args.camera != "camera"), ("--capture", args.capture != "auto")) if v]
         if given:
             raise EdgeError(f"--config names each camera, its source and zones: drop {', '.join(given)}")
-    elif args.detectors > 1:
-        raise EdgeError("--detectors shares the cameras of --config FILE among several copies of the model: "
-                        "add --config, or drop --detectors (one source runs one detector)")
+    elif args.detectors > 1 and args.capture == "inline":
+        raise EdgeError(f"--detectors {args.detectors} takes the frames in turn from a capture thread: "
+                        "drop --capture inline")
     elif args.clips is not None and args.zones is None:
         raise EdgeError("--clips writes a clip per zone or line event: add --zones FILE")
     if args.metrics_token_file is not None and not args.metrics:
@@ -323,14 +330,16 @@ def main(args: argparse.Namespace) -> int:
             from edge.events.mqtt_cameras import check_camera_topics
 
             check_camera_topics([spec.name for spec in specs], f"--config {args.config}")
-    candidates = thread_candidates() if args.threads == THREADS_AUTO else None
-    if candidates and args.detectors > 1:  # the cores shared out among the detectors, not tuned
-        candidates = [max(1, usable_cores() // args.detectors)]
+    candidates = None
+    if args.threads == THREADS_AUTO:
+        candidates = layout_candidates(several=detectors_auto and specs is None and args.capture != "inline")
+        if args.detectors > 1:  # the cores shared out among the detectors, not tuned
+            candidates = [Layout(args.detectors, max(1, usable_cores() // args.detectors))]
     tracking = args.track or args.zones is not None or bool(specs and any(s.zones for s in specs))
     high_score = args.score
     if tracking:  # the detector runs at the tracker's low threshold; the sinks see --score and tracked rows
         args.score = min(args.track_low_score, high_score)
-    detector = detector_from_args(args, threads=candidates[0] if candidates else None)
+    detector = detector_from_args(args, threads=candidates[0].threads if candidates else None)
     _log(f"model {detector.describe()}")
     for line in runtime_lines(detector.runtime_info) + [f"note: {note}" for note in detector.label_notes]:
         _log(line)
@@ -340,8 +349,14 @@ def main(args: argparse.Namespace) -> int:
         _log(f"threads: not tuned, {untuned}")
     if specs is not None:
         return _run_cameras(args, specs, detector, tracking, high_score)
+    detectors = detector
+    if args.detectors > 1:
+        threads = detector.runtime_info.num_threads
+        detectors = [detector] + [detector.twin(threads) for _ in range(args.detectors - 1)]
+        _log(f"detectors: {args.detectors} copies of the model, {threads} interpreter thread"
+             f"{'s' if threads != 1 else ''} each, taking the frames in turn (results in frame order)")
     if candidates and len(candidates) > 1:
-        _log(f"threads auto: measuring {' and '.join(map(str, candidates))} threads end to end on the first "
+        _log(f"threads auto: measuring {', '.join(c.describe() for c in candidates)} end to end on the first "
              f"~{len(candidates) * ROUNDS * (TRIAL_FRAMES + SETTLE_FRAMES)} frames")
     events = _event_stage(args, detector, high_score) if tracking else None
     source = open_source_waiting(args.source, args.wait_for_source, log=_log, loop=args.loop, realtime=args.realtime,
@@ -353,7 +368,7 @@ def main(args: argparse.Namespace) -> int:
         source.close()
         raise
 
-    loop = LiveLoop(detector, source, sinks, max_frames=args.max_frames, duration=args.duration,
+    loop = LiveLoop(detectors, source, sinks, max_frames=args.max_frames, duration=args.duration,
                     stats_every=args.stats_every, log=_log, thread_candidates=candidates, events=events,
                     capture=args.capture)
     _log(f"capture: {loop.capture_how}")

@@ -66,13 +66,17 @@ class Detections:
 
     def copy(self) -> "Detections":
         other = Detections(self.capacity, self.labels)
-        other.count = self.count
-        np.copyto(other._xyxy, self._xyxy)
-        np.copyto(other._scores, self._scores)
-        np.copyto(other._class_ids, self._class_ids)
-        np.copyto(other._track_ids, self._track_ids)
-        other.tracked = self.tracked
+        other.copy_from(self)
         return other
+
+    def copy_from(self, other: "Detections") -> None:
+        """Take ``other``'s rows into this object's own arrays (same capacity; allocates nothing)."""
+        n = other.count
+        np.copyto(self._xyxy[:n], other._xyxy[:n])
+        np.copyto(self._scores[:n], other._scores[:n])
+        np.copyto(self._class_ids[:n], other._class_ids[:n])
+        np.copyto(self._track_ids[:n], other._track_ids[:n])
+        self.count, self.tracked = n, other.tracked
 
     def to_list(self, decimals: int = 1) -> list[dict]:
         """Plain dicts for JSON: label, class id, score, box ``[x0, y0, x1, y1]`` in pixels, and

@@ -210,6 +210,14 @@ class Detector:
         self.buffer.rebind(backend.view(backend.image))
         self.backend = backend
 
+    def twin(self, num_threads: int) -> "Detector":
+        """Another detector of this model on an engine of its own with ``num_threads``: the same
+        runtime, engine options, labels, score threshold, resize mode and box capacity."""
+        backend = open_backend(self.model_path, self.backend.info.name, num_threads, **self.backend_options)
+        return Detector(backend=backend, labels=list(self.labels), score_threshold=self.score_threshold,
+                        resize=self.buffer.mode, max_detections=self.detections.capacity, info=self.info,
+                        backend_options=self.backend_options)
+
     @property
     def runtime_info(self) -> BackendInfo:
         return self.backend.info

@@ -52,12 +52,15 @@ class Capture:
     ``prepare`` refuses (:class:`~edge.errors.BadFrameError`) is counted bad and not published; any
     other exception is a bug and ends the capture with :attr:`error` set.
     ``stall_timeout`` defaults to the source's own (the one it bounds network reads with).
+    ``slots``: frames in the ring (more where several detectors hold frames at once, see
+    :func:`edge.live.turns.ring_slots`).
     """
 
     def __init__(self, source: Source, *, stall_timeout: float | None = None,
                  log: Callable[[str], None] | None = None,
                  backoff: tuple[float, float] = (BACKOFF_START, BACKOFF_MAX),
-                 prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None) -> None:
+                 prepare: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None,
+                 slots: int = RING_SLOTS) -> None:
         self.source = source
         self._prepare = prepare
         self.live = bool(source.live)
@@ -65,7 +68,7 @@ class Capture:
         self.counters: FrameCounters = source.counters
         self._log = log or (lambda message: None)
         self._backoff = backoff
-        self._ring = FrameRing()
+        self._ring = FrameRing(slots)
         self._cond = threading.Condition(threading.Lock())
         self._latest = -1  # slot index of the newest READY frame, -1 if none
         self._seq = 0

@@ -27,12 +27,14 @@ import numpy as np
 
 from edge.detector.stages import STAGES, StageTimes
 from edge.detector.step import Frame, run_frame
-from edge.detector.threads import ThreadTuner
-from edge.errors import BadFrameError
+from edge.detector.threads import Layout, ThreadTuner
+from edge.errors import BadFrameError, EdgeError
 from edge.live.annotate import Annotator
+from edge.live.capture import Capture
 from edge.live.inline_capture import CAPTURE_AUTO, choose_capture
 from edge.live.sinks import Sink, SinkError
 from edge.live.sources import Source
+from edge.live.turns import FRAME_STAGES, FrameTurns, ring_slots
 from edge.memory import RssSampler, peak_rss_bytes, rss_bytes, samples_slope
 from edge.signals import finish_frame_on_stop_signals
 
@@ -116,13 +118,17 @@ class LiveLoop:
     the first frames (:class:`~edge.detector.threads.ThreadTuner`); the faster one is kept and logged.
     ``events``: an :class:`~edge.events.stage.EventStage` (tracking, zones, lines) run on each frame's
     detections; sinks get the events through :meth:`~edge.live.sinks.Sink.events`.
+    ``detector`` may be a sequence of detectors of one model (``edge run --detectors K``): they take
+    the frames in turn on threads of their own and the results are handed on in frame order
+    (:class:`~edge.live.turns.FrameTurns`); the thread count is then not tuned.
     """
 
     def __init__(self, detector, source: Source, sinks: Iterable[Sink] = (), *, max_frames: int | None = None,
                  duration: float | None = None, stats_every: float = 5.0, rss_every: int = 100,
                  log: Callable[[str], None] | None = None, overlay: bool = True,
                  thread_candidates: list[int] | None = None, events=None, capture: str = CAPTURE_AUTO) -> None:
-        self.detector = detector
+        self.detectors = list(detector) if isinstance(detector, (list, tuple)) else [detector]
+        self.detector = detector = self.detectors[0]
         self.source = source
         self.sinks = list(sinks)
         self.max_frames = max_frames
@@ -133,7 +139,15 @@ class LiveLoop:
         self._log = log or (lambda message: print(f"edge run: {message}", file=sys.stderr, flush=True))
         # The capture also resizes each frame for the model, while the frame is in its core's cache.
         capture_class, self.capture_how = choose_capture(source, capture)
-        self.capture = capture_class(source, log=self._log, prepare=detector.buffer.resize)
+        layouts = [c if isinstance(c, Layout) else Layout(1, int(c)) for c in thread_candidates or ()]
+        if capture_class is not Capture:  # several detectors take their frames from a capture thread
+            if len(self.detectors) > 1:
+                raise EdgeError(f"{len(self.detectors)} detectors take frames in turn from a capture thread: "
+                                f"drop --capture inline")
+            layouts = [layout for layout in layouts if layout.detectors == 1]
+        most = max([len(self.detectors)] + [layout.detectors for layout in layouts])
+        options = {"slots": ring_slots(most)} if most > 1 else {}
+        self.capture = capture_class(source, log=self._log, prepare=detector.buffer.resize, **options)
         self.counters = self.capture.counters
         self.events = events
         self.times = StageTimes(STAGES + (("events",) if events is not None else ()))
@@ -156,7 +170,13 @@ class LiveLoop:
         self._fps_n0 = 0
         self._bad_logged = 0
         self.sink_error: SinkError | None = None  # set when a sink could no longer write
-        self.tuner = ThreadTuner(detector, thread_candidates) if thread_candidates else None
+        self._wake = threading.Event()  # the turns' watcher: a stop, or the tuner wants another layout
+        self._wanted: Layout | None = None
+        self.turns: FrameTurns | None = None
+        self.layout = Layout(len(self.detectors), detector.runtime_info.num_threads)
+        if len(self.detectors) > 1:
+            self.turns = FrameTurns(self.detectors, self.capture, self._hand_on, limit=max_frames)
+        self.tuner = (ThreadTuner(self._apply_layout, layouts) if layouts and len(self.detectors) == 1 else None)
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -165,6 +185,10 @@ class LiveLoop:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop_event.set()
+        turns = getattr(self, "turns", None)
+        if turns is not None:
+            turns.hold()  # the frames in flight are finished and handed on; no new ones
+        self._wake.set()
 
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT/SIGTERM/SIGHUP -> :meth:`stop` (a second SIGINT interrupts at once); returns a restorer."""
@@ -177,7 +201,8 @@ class LiveLoop:
         if not shape:
             return
         self.capture.presize(shape)
-        self.detector.buffer.presize(shape)
+        for detector in self.detectors:
+            detector.buffer.presize(shape)
         if self._annotating_sinks:
             self.annotator.presize(shape)
         if self.events is not None:
@@ -208,6 +233,12 @@ class LiveLoop:
         self._begin()
         try:
             while not self._should_stop():
+                if self.turns is not None:
+                    self._run_turns()
+                    if self._wanted is not None:  # the tuner's next layout, the turns now stopped
+                        layout, self._wanted = self._wanted, None
+                        self._switch_to(layout)
+                    continue
                 frame = self.capture.get(0.25)
                 if frame is None:
                     self._idle()
@@ -222,6 +253,76 @@ class LiveLoop:
         finally:
             self._finish()
         return self._summary(self._clock() - self._run_t0)
+
+    def _run_turns(self) -> None:
+        """Several detectors: the workers run the frames; this thread watches for the end."""
+        turns = self.turns
+        turns.start()
+        seen, since = -1, self._clock()
+        try:
+            while not self._should_stop() and self._wanted is None:
+                if turns.error is not None:
+                    break
+                if turns.ended and not turns.in_flight:
+                    self.stop("source error" if self.capture.error else "end of source")
+                    break
+                self._wake.wait(0.1)
+                self._wake.clear()
+                now = self._clock()
+                if self.processed != seen:
+                    seen, since = self.processed, now
+                elif self.stats_every and now - since >= self.stats_every and now - self._last_stats >= self.stats_every:
+                    self._last_stats = now
+                    self._log(self._stats_line(waiting=True))
+        finally:
+            turns.stop()
+        if turns.error is not None:
+            raise turns.error
+
+    def _apply_layout(self, layout: Layout) -> None:
+        """The tuner's choice of layout: at once between frames on this thread; while several
+        detectors run (called from the turns' hand-on), once they have stopped claiming and finished."""
+        if layout == self.layout and self._wanted is None:
+            return
+        if self.turns is not None and self.turns.running:
+            self._wanted = layout
+            self.turns.hold()
+            self._wake.set()
+            return
+        self._switch_to(layout)
+
+    def _switch_to(self, layout: Layout) -> None:
+        """Run ``layout`` from the next frame: the first detector's thread count, and copies of it."""
+        first = self.detectors[0]
+        self.detectors = [first]  # the copies of the last layout go before any new one is loaded
+        self.turns = None
+        first.set_threads(layout.threads)
+        if layout.detectors > 1:
+            shape = self.source.frame_shape
+            for _ in range(layout.detectors - 1):
+                twin = first.twin(layout.threads)
+                if shape:
+                    twin.buffer.presize(shape)
+                self.detectors.append(twin)
+            left = None if self.max_frames is None else max(0, self.max_frames - self.processed)
+            self.turns = FrameTurns(self.detectors, self.capture, self._hand_on, limit=left)
+        self.layout = layout
+
+    def _hand_on(self, frame: Frame, detections, bad: BadFrameError | None, seconds) -> None:
+        """A frame the turns finished, in frame order (their lock held): as :meth:`_handle` goes on."""
+        if frame.error is not None:
+            self._skipped(frame)
+            return
+        times = self.times
+        for i, stage in enumerate(FRAME_STAGES):
+            times.record(stage, seconds[i])
+        if bad is not None:
+            self._bad_frame(frame, bad)
+            return
+        if self.sink_error is not None:  # a frame in flight when a sink failed: the run is stopping
+            return
+        self._deliver(frame, detections)
+        self._after_frame()
 
     def _begin(self) -> None:
         self.presize()
@@ -255,22 +356,33 @@ class LiveLoop:
     def _handle(self, frame: Frame) -> bool:
         """One frame through the detector and the sinks; False when it was not processed."""
         if frame.error is not None:  # an input the source skipped (already counted and logged)
-            try:
-                for sink in self.sinks:
-                    sink.skipped(frame)
-            except SinkError as exc:
-                self.sink_error = exc
-                self._log(str(exc))
-                self.stop("sink error")
+            self._skipped(frame)
             return False
         try:
             detections = run_frame(self.detector, frame, self.times, self._t_prev)
         except BadFrameError as exc:
-            self.counters.add("bad_frames")
-            self._bad_logged += 1
-            if self._bad_logged <= 3 or self._bad_logged % 100 == 0:
-                self._log(f"frame {frame.seq}: skipped ({exc}); {self.counters.bad_frames} bad so far")
+            self._bad_frame(frame, exc)
             return False
+        self._deliver(frame, detections)
+        return True
+
+    def _skipped(self, frame: Frame) -> None:
+        try:
+            for sink in self.sinks:
+                sink.skipped(frame)
+        except SinkError as exc:
+            self.sink_error = exc
+            self._log(str(exc))
+            self.stop("sink error")
+
+    def _bad_frame(self, frame: Frame, exc: BadFrameError) -> None:
+        self.counters.add("bad_frames")
+        self._bad_logged += 1
+        if self._bad_logged <= 3 or self._bad_logged % 100 == 0:
+            self._log(f"frame {frame.seq}: skipped ({exc}); {self.counters.bad_frames} bad so far")
+
+    def _deliver(self, frame: Frame, detections) -> None:
+        """Events, annotation and the sinks for one detected frame."""
         events = ()
         if self.events is not None:
             t = self._clock()
@@ -292,7 +404,6 @@ class LiveLoop:
             self.stop("sink error")
         self.times.record("sinks", self._clock() - t0)
         self._count_detections(detections)
-        return True
 
     def _after_frame(self) -> None:
         """Counting, RSS samples, the recent fps and the periodic stats line."""
@@ -302,6 +413,8 @@ class LiveLoop:
             self.tuner.frame_done()
             if self.tuner.done:
                 self._log(f"threads auto: {self.tuner.describe()}")
+                if self.tuner.chosen.detectors > 1:
+                    self.capture_how = f"on a thread of its own, beside {self.tuner.chosen.detectors} detectors"
         if self.rss_every and self.processed % self.rss_every == 0:
             self.rss.sample(self.processed)
         now = self._clock()

@@ -64,13 +64,21 @@ class Setup:
     sinks: tuple[str, ...] = ()
     live: bool = False  # a camera or stream (3 ring frames) rather than synthetic/files (2)
     cores: int = 0  # usable cores on the board (0: this machine's), for --threads auto
-    detectors: int = 1  # copies of the model sharing the cameras (edge run --config --detectors K)
+    detectors: int = 1  # copies of the model: one camera's frames in turn, or sharing the cameras (--detectors K)
+    detectors_auto: bool = False  # edge run --detectors auto: the tuner may try two (see may_take_two_detectors)
 
     @property
     def reads_inline(self) -> bool:
         """``edge run --capture auto`` reads a lone source that is not live on the loop's thread on one
         usable core (:func:`edge.live.inline_capture.choose_capture`): no ring, one resize buffer."""
         return self.cameras == 1 and not self.live and (self.cores or _usable_cores()) == 1
+
+    @property
+    def may_take_two_detectors(self) -> bool:
+        """``edge run --threads auto`` on one source and several cores also tries two detectors taking
+        the frames in turn (:func:`edge.detector.threads.layout_candidates`), and keeps them when faster."""
+        return (self.detectors_auto and self.threads == THREADS_AUTO and self.cameras == 1 and self.detectors == 1
+                and not self.reads_inline and (self.cores or _usable_cores()) > 1)
 
     @property
     def pixels(self) -> int:
@@ -242,8 +250,11 @@ def synthetic_band_peak(width: int, height: int) -> int:
 
 def camera_parts(facts: dict, setup: Setup, coefficients: dict) -> list[Component]:
     """Per-camera buffers (one camera's worth; the caller multiplies)."""
-    from edge.live.capture import RING_SLOTS
+    from edge.live.turns import ring_slots
 
+    # One source with several detectors (edge run --detectors K): each holds a frame and may park one.
+    in_turn = setup.detectors if setup.cameras == 1 else 1
+    ring = ring_slots(2 if setup.may_take_two_detectors else in_turn)  # the ring is sized for what may run
     frame = setup.frame_bytes
     parts = [Component("synthetic source (background + frame)", 2 * frame, "camera",
                        f"2 x {setup.width}x{setup.height}x3; a camera or file source holds its decoder's frames instead",
@@ -254,13 +265,15 @@ def camera_parts(facts: dict, setup: Setup, coefficients: dict) -> list[Componen
                                "none: read on the loop's thread (one usable core), the frame is the source's own",
                                per_camera=True))
     else:
-        ring_frames = LIVE_RING_FRAMES if setup.live else LOSSLESS_RING_FRAMES
+        ring_frames = (LIVE_RING_FRAMES if setup.live else LOSSLESS_RING_FRAMES) + 2 * (in_turn - 1)
         parts.append(Component("capture ring frames", ring_frames * frame, "camera",
-                               f"{RING_SLOTS} slots allocated, {ring_frames} reached by a "
-                               f"{'live' if setup.live else 'lossless'} source", per_camera=True))
+                               f"{ring} slots allocated, {ring_frames} reached by a "
+                               f"{'live' if setup.live else 'lossless'} source"
+                               + (f" and {in_turn} detectors taking its frames in turn" if in_turn > 1 else ""),
+                               per_camera=True))
     if facts.get("detector"):
         fh, fw = resize_fit(facts, setup.width, setup.height)
-        slots = 1 if inline else RING_SLOTS
+        slots = 1 if inline else ring
         parts.append(Component("capture ring resize buffers", slots * fh * fw * 3, "camera",
                                f"{slots} x {fw}x{fh}x3, written when " +
                                ("the capture is presized" if inline else "the ring is presized"), per_camera=True))

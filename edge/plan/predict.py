@@ -138,6 +138,13 @@ def predict(model: str | Path, setup: Setup, baseline: dict | None = None, *, gr
         notes_by_phase["thread switch (--threads auto)"] = (
             f"the tuner opens the next thread count's interpreter ({second / 2**20:.1f} MiB) before the previous "
             "one is freed, and the allocator keeps that memory")
+    if setup.may_take_two_detectors:
+        second = sum(c.bytes for c in interpreter) + int(co["camera_fixed_bytes"])
+        phase = "two detectors in turn (--threads auto)"
+        candidates[phase] = steady + second + 2 * setup.frame_bytes
+        notes_by_phase[phase] = (
+            f"the tuner tries a second copy of the model ({second / 2**20:.1f} MiB with its thread) and two more "
+            "ring frames, and keeps them where measured at least 5% faster (edge run --detectors 1 rules it out)")
     return _finish(model, setup, components, steady, before_loops, candidates, notes_by_phase, plan, facts, notes,
                    graph)
 
