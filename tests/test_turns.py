@@ -250,3 +250,20 @@ def test_the_tuner_takes_a_second_detector_only_for_a_clear_gain(monkeypatch, pe
         tuner.frame_done()
     assert tuner.chosen.key == chosen and applied[-1] == tuner.chosen
     assert applied[:3] == [Layout(1, 2), Layout(1, 1), Layout(2, 1)]
+
+
+def test_tracked_output_in_turn_is_one_detectors_frame_by_frame(ssd_model_path, coco_labels_path, traffic_video,
+                                                                 tmp_path):
+    """The tracker sees the frames in order, so track ids, zones and every row are those of one copy."""
+    runs = {}
+    for name, options in (("one", ["--detectors", "1", "--threads", "1"]), ("two", ["--detectors", "2"])):
+        out = tmp_path / f"{name}.jsonl"
+        result = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "run", "--model", str(ssd_model_path), "--labels", str(coco_labels_path),
+             "--source", str(traffic_video), "--loop", "--max-frames", "120", "--track", "--json", str(out),
+             "--stats-every", "0", *options], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        runs[name] = [(r["frame"], r["detections"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert [frame for frame, _ in runs["two"]] == list(range(120))
+    assert any(d.get("track") is not None for _, rows in runs["two"] for d in rows)
+    assert runs["two"] == runs["one"]
