@@ -48,6 +48,7 @@ from edge.errors import BadFrameError, EdgeError
 from edge.live.cameras import DOWN, ENDED, FAILED, STARTING, UP, Camera, distinct_sinks, serialize_shared_sinks
 from edge.live.multi_summary import MultiSummary, live_numbers, stats_line, summarize
 from edge.live.sinks import Sink, SinkError
+from edge.live.turns import require_one_model
 from edge.memory import RssSampler, rss_bytes
 from edge.signals import finish_frame_on_stop_signals
 
@@ -86,10 +87,7 @@ class MultiLoop:
             raise EdgeError(f"{len(self.detectors)} detectors for {len(self.cameras)} camera"
                             f"{'s' if len(self.cameras) != 1 else ''}: a camera's frames go through one detector "
                             f"at a time, so more detectors than cameras would only wait")
-        shapes = {tuple(d.input_size) for d in self.detectors}
-        if len(shapes) > 1:
-            raise EdgeError(f"the detectors take different inputs ({', '.join(map(str, sorted(shapes)))}): "
-                            "give detectors of one model")
+        require_one_model(self.detectors)
         self.sinks = list(sinks)
         self.max_frames = max_frames
         self.duration = duration

@@ -46,6 +46,14 @@ JOIN_TIMEOUT = 30.0  # seconds for the workers to finish their frames at the end
 HandOn = Callable[[Frame, object, "BadFrameError | None", np.ndarray], None]
 
 
+def require_one_model(detectors: Sequence) -> None:
+    """Raise :class:`EdgeError` unless every detector takes the same input (copies of one model)."""
+    sizes = {tuple(d.input_size) for d in detectors}
+    if len(sizes) > 1:
+        raise EdgeError(f"the detectors take different inputs ({', '.join(map(str, sorted(sizes)))}): "
+                        "give detectors of one model")
+
+
 def ring_slots(detectors: int) -> int:
     """Capture ring slots for ``detectors`` workers: each holds its frame and at most one parked."""
     return RING_SLOTS + 2 * (max(1, detectors) - 1)
@@ -78,10 +86,7 @@ class FrameTurns:
                  name: str = "edge-detector") -> None:
         if len(detectors) < 2:
             raise EdgeError("FrameTurns takes two or more detectors (one runs on the loop's own thread)")
-        sizes = {tuple(d.input_size) for d in detectors}
-        if len(sizes) > 1:
-            raise EdgeError(f"the detectors take different inputs ({', '.join(map(str, sorted(sizes)))}): "
-                            "give detectors of one model")
+        require_one_model(detectors)
         self.detectors = list(detectors)
         self.capture = capture
         self.hand_on = hand_on
